@@ -1,0 +1,65 @@
+//! Aggregate roots: the entities that register domain events.
+
+use crate::event::{DomainEvent, DomainEvents};
+
+/// An entity that records domain events while its state changes.
+///
+/// Implement it with `#[derive(AggregateRoot)]`, marking the id field `#[aggregate(id)]` and a
+/// [`DomainEvents`] field `#[aggregate(events)]`.
+///
+/// ```
+/// use outbox_core::{AggregateRoot, DomainEvent, DomainEvents};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+/// struct AccountOpened { owner: String }
+///
+/// #[derive(Debug, Default, AggregateRoot)]
+/// #[aggregate(name = "Account")]
+/// struct Account {
+///     #[aggregate(id)]
+///     id: i64,
+///     #[aggregate(events)]
+///     events: DomainEvents,
+/// }
+///
+/// let mut account = Account { id: 7, ..Default::default() };
+/// account.register_event(AccountOpened { owner: "ada".into() });
+/// assert_eq!(Account::AGGREGATE_TYPE, "Account");
+/// assert_eq!(account.aggregate_id(), "7");
+/// assert_eq!(account.pending_events().len(), 1);
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an aggregate root",
+    label = "not an aggregate root",
+    note = "add `#[derive(AggregateRoot)]` to `{Self}`, with `#[aggregate(id)]` and `#[aggregate(events)]` fields"
+)]
+pub trait AggregateRoot {
+    /// The aggregate's routing name (`"Order"`): the outbox's aggregate type and the default topic.
+    const AGGREGATE_TYPE: &'static str;
+
+    /// The aggregate's id, as stored in the outbox and used as the Kafka message key.
+    fn aggregate_id(&self) -> String;
+
+    /// The events registered and not saved yet.
+    fn pending_events(&self) -> &DomainEvents;
+
+    /// Mutable access to the pending events.
+    fn pending_events_mut(&mut self) -> &mut DomainEvents;
+
+    /// Records a domain event; the next save writes it to the outbox in the same transaction.
+    fn register_event<E: DomainEvent>(&mut self, event: E)
+    where
+        Self: Sized,
+    {
+        self.pending_events_mut().push(event);
+    }
+
+    /// Removes and returns the pending events.
+    fn take_events(&mut self) -> DomainEvents
+    where
+        Self: Sized,
+    {
+        std::mem::take(self.pending_events_mut())
+    }
+}

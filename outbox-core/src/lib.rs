@@ -1,0 +1,110 @@
+//! Domain events for SeaORM services that must never lose one.
+//!
+//! Aggregates record past-tense [`DomainEvent`]s with [`AggregateRoot::register_event`]; a backend
+//! (`outbox-seaorm`) writes them to an outbox table in the same transaction as the aggregate,
+//! runs the in-process [`event_handler`]s after the commit, and a relay publishes them
+//! (`outbox-kafka`) at least once, in order per aggregate. This crate holds the parts that name no
+//! database and no broker: the event model, the [`Envelope`], the [`HandlerRegistry`], the
+//! [`Dispatcher`] and [`Publisher`] traits, the [`RetryPolicy`] and the [`testing`] helpers.
+//!
+//! ```
+//! use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
+//! use outbox_core::event_handler;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+//! #[event(name = "OrderCreated", version = 1)]
+//! pub struct OrderCreated { pub order_id: u64, pub amount_cents: i64 }
+//!
+//! #[derive(Debug, AggregateRoot)]
+//! #[aggregate(name = "Order")]
+//! pub struct Order {
+//!     #[aggregate(id)]
+//!     pub id: u64,
+//!     pub amount_cents: i64,
+//!     #[aggregate(events)]
+//!     pub events: DomainEvents,
+//! }
+//!
+//! impl Order {
+//!     pub fn place(id: u64, amount_cents: i64) -> Self {
+//!         let mut order = Order { id, amount_cents, events: DomainEvents::new() };
+//!         order.register_event(OrderCreated { order_id: id, amount_cents });
+//!         order
+//!     }
+//! }
+//!
+//! #[event_handler]
+//! async fn log_order(event: &OrderCreated, ctx: &EventContext) -> Result<(), HandlerError> {
+//!     assert_eq!(ctx.aggregate_id(), event.order_id.to_string());
+//!     Ok(())
+//! }
+//!
+//! let mut order = Order::place(1, 1250);
+//! let pending = order.take_events();
+//! let envelope = pending.as_slice()[0]
+//!     .to_envelope(Order::AGGREGATE_TYPE, &order.aggregate_id(), 1)
+//!     .unwrap();
+//! assert_eq!(envelope.event_name(), "OrderCreated");
+//! assert_eq!(envelope.decode::<OrderCreated>().unwrap().amount_cents, 1250);
+//!
+//! let registry = outbox_core::HandlerRegistry::from_inventory();
+//! assert_eq!(registry.local("OrderCreated").count(), 1);
+//! ```
+
+mod aggregate;
+pub mod context;
+mod dispatch;
+mod envelope;
+mod error;
+mod event;
+mod handler;
+mod publish;
+mod retry;
+
+pub use aggregate::AggregateRoot;
+pub use dispatch::{
+    DeferredDispatcher, DispatchJob, Dispatcher, InlineDispatcher, SpawnDispatcher,
+};
+pub use envelope::{Envelope, EnvelopeBuilder, EventMetadata};
+pub use error::Error;
+pub use event::{DomainEvent, DomainEvents, PendingEvent};
+pub use handler::{
+    BoxError, BoxFuture, EventContext, Handler, HandlerError, HandlerErrorKind, HandlerFn,
+    HandlerRegistry,
+};
+pub use publish::{PublishError, Publisher};
+pub use retry::RetryPolicy;
+
+#[cfg(feature = "macros")]
+pub use outbox_macros::{AggregateRoot, DomainEvent, event_handler, handler};
+
+/// Not public API: what the macros' generated code calls.
+#[doc(hidden)]
+pub mod __private {
+    pub use inventory;
+    pub use std::boxed::Box;
+    pub use std::result::Result;
+    pub use std::string::String;
+
+    pub use crate::aggregate::AggregateRoot;
+    pub use crate::envelope::Envelope;
+    pub use crate::event::{DomainEvent, DomainEvents};
+    pub use crate::handler::{BoxFuture, EventContext, Handler, HandlerError};
+
+    /// Decodes the envelope for a handler; a payload that does not fit is a permanent failure.
+    pub fn decode<E: DomainEvent>(envelope: &Envelope) -> Result<E, HandlerError> {
+        envelope.decode::<E>().map_err(HandlerError::permanent)
+    }
+
+    /// Renders an aggregate id.
+    pub fn aggregate_id<T: std::fmt::Display + ?Sized>(id: &T) -> String {
+        id.to_string()
+    }
+
+    /// Checks, at the user's field, that the events field is a `DomainEvents`.
+    pub const fn assert_events_field(_: &DomainEvents) {}
+
+    /// Checks, at the user's parameter, that a handler's event type is a domain event.
+    pub const fn assert_domain_event<E: DomainEvent>() {}
+}

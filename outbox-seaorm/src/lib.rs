@@ -1,0 +1,9 @@
+//! SeaORM backend of the outbox framework.
+//!
+//! (Crate docs with a runnable example: written with the save path.)
+
+pub mod schema;
+mod shard;
+pub mod time;
+
+pub use shard::shard_of;

@@ -1,0 +1,222 @@
+//! Shared helpers of the integration tests: real databases, one fresh database per test.
+//!
+//! PostgreSQL and MariaDB are the project's real services (see DESIGN.md); their URLs can be
+//! overridden with `OUTBOX_TEST_POSTGRES_URL` and `OUTBOX_TEST_MARIADB_URL` (a server URL whose
+//! database is used only to create the per-test databases). A test that cannot reach its service
+//! fails under CI (`CI=true`) and is skipped with a printed reason elsewhere.
+
+use std::sync::Once;
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
+
+/// The databases the tests run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite, a file per test.
+    Sqlite,
+    /// PostgreSQL at 127.0.0.1:5432.
+    Postgres,
+    /// MariaDB at 127.0.0.1:3306.
+    MariaDb,
+}
+
+impl Backend {
+    /// Every backend.
+    pub const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::MariaDb];
+
+    fn server_url(self) -> String {
+        match self {
+            Backend::Sqlite => String::new(),
+            Backend::Postgres => std::env::var("OUTBOX_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+            Backend::MariaDb => std::env::var("OUTBOX_TEST_MARIADB_URL")
+                .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned()),
+        }
+    }
+}
+
+/// A fresh database with the outbox tables, for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    /// A pooled connection.
+    pub db: DatabaseConnection,
+    /// Which backend.
+    pub backend: Backend,
+    /// Its URL, for opening more connections (a relay in another process, say).
+    pub url: String,
+}
+
+impl TestDb {
+    /// Opens another, independent pool on the same database.
+    pub async fn connect_again(&self) -> DatabaseConnection {
+        connect(&self.url, 10)
+            .await
+            .unwrap_or_else(|e| panic!("reconnect to {}: {e}", self.url))
+    }
+}
+
+/// Whether this run is CI, where an unreachable service is a failure, not a skip.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Installs a `tracing` subscriber once (`RUST_LOG` filters it).
+pub fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Reports an unreachable service: panics under CI, prints and returns `None` elsewhere.
+pub fn unavailable<T>(what: &str, error: &dyn std::fmt::Display) -> Option<T> {
+    if in_ci() {
+        panic!(
+            "{what} is not reachable and CI=true, so this test fails instead of skipping: {error}"
+        );
+    }
+    eprintln!("SKIPPED: {what} is not reachable ({error}); set it up or run under CI=true to fail");
+    None
+}
+
+async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(max)
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    Database::connect(opts).await
+}
+
+/// A database name unique to `test` and `backend`, valid on every backend (max 63 bytes).
+pub fn database_name(test: &str, backend: Backend) -> String {
+    let mut hash: u32 = 2_166_136_261;
+    for b in test.bytes() {
+        hash = (hash ^ u32::from(b)).wrapping_mul(16_777_619);
+    }
+    let tail: String = test
+        .rsplit("::")
+        .next()
+        .unwrap_or(test)
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(36)
+        .collect();
+    let b = match backend {
+        Backend::Sqlite => "lite",
+        Backend::Postgres => "pg",
+        Backend::MariaDb => "my",
+    };
+    format!("obx_{b}_{tail}_{hash:08x}")
+}
+
+/// Creates an empty database named after `test` on `backend` and applies the outbox migrations.
+///
+/// Returns `None` (after printing why) when the server is unreachable outside CI.
+pub async fn fresh(backend: Backend, test: &str) -> Option<TestDb> {
+    init_tracing();
+    let name = database_name(test, backend);
+    let url = match backend {
+        Backend::Sqlite => {
+            let dir = std::env::temp_dir().join("outbox-tests");
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            let path = dir.join(format!("{name}.sqlite"));
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+            }
+            format!("sqlite://{}?mode=rwc", path.display())
+        }
+        Backend::Postgres | Backend::MariaDb => {
+            let server = backend.server_url();
+            let admin = match connect(&server, 1).await {
+                Ok(db) => db,
+                Err(e) => return unavailable(&format!("{backend:?} at {server}"), &e),
+            };
+            let (drop, create) = match backend {
+                Backend::Postgres => (
+                    format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+                    format!("CREATE DATABASE \"{name}\""),
+                ),
+                _ => (
+                    format!("DROP DATABASE IF EXISTS `{name}`"),
+                    format!("CREATE DATABASE `{name}`"),
+                ),
+            };
+            let db_backend = admin.get_database_backend();
+            admin
+                .execute_raw(Statement::from_string(db_backend, drop))
+                .await
+                .expect("drop test database");
+            admin
+                .execute_raw(Statement::from_string(db_backend, create))
+                .await
+                .expect("create test database");
+            let _ = admin.close().await;
+            match server.rsplit_once('/') {
+                Some((base, _)) => format!("{base}/{name}"),
+                None => panic!("server URL {server} has no database part"),
+            }
+        }
+    };
+    let db = connect(&url, 10)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    if backend == Backend::Sqlite {
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA busy_timeout=10000"] {
+            db.execute_raw(Statement::from_string(DbBackend::Sqlite, pragma))
+                .await
+                .expect("sqlite pragma");
+        }
+    }
+    outbox_seaorm::schema::migrate(&db)
+        .await
+        .expect("outbox migrations");
+    Some(TestDb { db, backend, url })
+}
+
+/// Defines one test per backend for each named async function taking a [`TestDb`]:
+/// `db_tests!(saves_atomically)` makes `saves_atomically::sqlite`, `::postgres` and `::mariadb`.
+#[macro_export]
+macro_rules! db_tests {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::fresh($crate::Backend::Sqlite, test).await {
+                    super::$name(db).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::fresh($crate::Backend::Postgres, test).await {
+                    super::$name(db).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mariadb() {
+                let test = concat!(module_path!(), "::", stringify!($name));
+                if let Some(db) = $crate::fresh($crate::Backend::MariaDb, test).await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )*};
+}
