@@ -7,3 +7,6 @@ mod shard;
 pub mod time;
 
 pub use shard::shard_of;
+mod context;
+
+pub use context::{NoTransaction, TransactionExt, with_transaction};
