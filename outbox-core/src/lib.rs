@@ -107,4 +107,50 @@ pub mod __private {
 
     /// Checks, at the user's parameter, that a handler's event type is a domain event.
     pub const fn assert_domain_event<E: DomainEvent>() {}
+
+    /// The `#[aggregate(events)]` field: the derive reaches the events through it, spanned at
+    /// the field's type, so a field of another type is reported once, there.
+    #[diagnostic::on_unimplemented(
+        message = "the `#[aggregate(events)]` field must be `DomainEvents`, not `{Self}`",
+        label = "expected `DomainEvents`",
+        note = "declare it `events: outbox_core::DomainEvents` (and `#[sea_orm(ignore)]` on a SeaORM model)"
+    )]
+    pub trait EventsField {
+        /// The events.
+        fn events(&self) -> &DomainEvents;
+        /// The events, mutably.
+        fn events_mut(&mut self) -> &mut DomainEvents;
+    }
+
+    impl EventsField for DomainEvents {
+        fn events(&self) -> &DomainEvents {
+            self
+        }
+        fn events_mut(&mut self) -> &mut DomainEvents {
+            self
+        }
+    }
+
+    /// The supertraits of [`DomainEvent`], for the stub impl the derive emits next to its errors.
+    pub trait EventBounds:
+        serde::Serialize
+        + serde::de::DeserializeOwned
+        + Clone
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+    {
+    }
+
+    impl<T> EventBounds for T where
+        T: serde::Serialize
+            + serde::de::DeserializeOwned
+            + Clone
+            + std::fmt::Debug
+            + Send
+            + Sync
+            + 'static
+    {
+    }
 }

@@ -1,26 +1,61 @@
-//! Macros of the outbox framework. Use them through `outbox-core`, which re-exports them.
+//! Macros of the outbox framework. Use them through `outbox-core`, which re-exports them and
+//! documents them with examples.
+//!
+//! Each macro is one pipeline (the layout of thiserror's and serde's derives): `ast.rs` and
+//! `attr.rs` parse the input into a small form that keeps the user's tokens, `valid.rs` checks it
+//! and collects every error (`ctxt.rs`), `expand.rs` writes the code, or a stub next to the errors
+//! so one mistake does not cascade. This file only holds the entry points.
+
+mod aggregate;
+mod ctxt;
+mod event;
+mod handler;
+mod words;
+
 use proc_macro::TokenStream;
+use syn::{DeriveInput, ItemFn, Path, parse_macro_input};
 
 /// Derives `DomainEvent`.
+///
+/// `#[event(name = "OrderCreated", version = 1, topic = "orders")]`, every key optional: the
+/// name defaults to the type's name, the version to 1, the topic to none (the aggregate's). The
+/// name must read as past tense (its last word: `OrderCreated`, `PaymentPaid`), and the error
+/// suggests one when it does not; `#[event(allow_non_past_tense)]` opts out for a name that is
+/// right as it is.
 #[proc_macro_derive(DomainEvent, attributes(event))]
-pub fn derive_domain_event(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_domain_event(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    event::derive(&input).into()
 }
 
 /// Derives `AggregateRoot`.
+///
+/// On a struct with named fields: `#[aggregate(id)]` on the id field (rendered with `Display`),
+/// `#[aggregate(events)]` on a `DomainEvents` field, `#[aggregate(name = "Order")]` on the type
+/// (defaults to the type's name, and is required on a SeaORM `Model`).
 #[proc_macro_derive(AggregateRoot, attributes(aggregate))]
-pub fn derive_aggregate_root(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn derive_aggregate_root(input: TokenStream) -> TokenStream {
+    let input = parse_macro_input!(input as DeriveInput);
+    aggregate::derive(&input).into()
 }
 
 /// Registers an event handler.
+///
+/// On `async fn name(event: &E, ctx: &EventContext) -> Result<(), HandlerError>`;
+/// `#[event_handler(group = "payment-service")]` runs it in that consumer group instead of in
+/// process after the commit. The function is kept as written.
 #[proc_macro_attribute]
-pub fn event_handler(_args: TokenStream, input: TokenStream) -> TokenStream {
-    input
+pub fn event_handler(args: TokenStream, input: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(input as ItemFn);
+    handler::event_handler(args.into(), &func).into()
 }
 
-/// Names the handler registered by `#[event_handler]` on a function.
+/// Names the handler registered by `#[event_handler]` on a function: `handler!(path::to::name)`
+/// is its `Handler`, for explicit registration.
 #[proc_macro]
-pub fn handler(_input: TokenStream) -> TokenStream {
-    TokenStream::new()
+pub fn handler(input: TokenStream) -> TokenStream {
+    let path = parse_macro_input!(input as Path);
+    handler::handler_path(&path)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
 }

@@ -1,0 +1,92 @@
+//! Checks on an `AggregateRoot` input: one id field, one events field, a usable name.
+
+use super::ast::{Field, Input};
+use crate::ctxt::Ctxt;
+
+/// The two marked fields, once found.
+pub(crate) struct Checked<'i, 'a> {
+    pub(crate) id: &'i Field<'a>,
+    pub(crate) events: &'i Field<'a>,
+}
+
+pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'i, 'a>> {
+    check_name(cx, input);
+    let fields = input.fields.as_ref()?;
+    let mut id: Option<&Field<'a>> = None;
+    let mut events: Option<&Field<'a>> = None;
+    for field in fields {
+        if let (Some(_), Some(second)) = (&field.attrs.id, &field.attrs.events) {
+            cx.error_spanned_by(
+                second,
+                format_args!(
+                    "field `{}` cannot be both the aggregate id and the events field",
+                    field.ident
+                ),
+            );
+            continue;
+        }
+        if let Some(key) = &field.attrs.id {
+            match id {
+                Some(first) => cx.error_spanned_by(
+                    key,
+                    format_args!(
+                        "duplicate `#[aggregate(id)]`: field `{}` is already the aggregate id",
+                        first.ident
+                    ),
+                ),
+                None => id = Some(field),
+            }
+        }
+        if let Some(key) = &field.attrs.events {
+            match events {
+                Some(first) => cx.error_spanned_by(
+                    key,
+                    format_args!(
+                        "duplicate `#[aggregate(events)]`: field `{}` already holds the events",
+                        first.ident
+                    ),
+                ),
+                None => events = Some(field),
+            }
+        }
+    }
+    if id.is_none() {
+        cx.error_spanned_by(
+            input.ident,
+            format_args!(
+                "`{}` has no `#[aggregate(id)]` field: mark the field that holds the aggregate's id",
+                input.ident
+            ),
+        );
+    }
+    if events.is_none() {
+        cx.error_spanned_by(
+            input.ident,
+            format_args!(
+                "`{}` has no `#[aggregate(events)]` field: add `#[aggregate(events)] events: DomainEvents` \
+                 (with `#[sea_orm(ignore)]` on a SeaORM model)",
+                input.ident
+            ),
+        );
+    }
+    Some(Checked {
+        id: id?,
+        events: events?,
+    })
+}
+
+fn check_name(cx: &Ctxt, input: &Input<'_>) {
+    match &input.attrs.name {
+        Some(lit) if lit.value().trim().is_empty() => cx.error_spanned_by(
+            lit,
+            "the aggregate name must not be empty: it is the outbox's aggregate type and the default topic",
+        ),
+        Some(_) => {}
+        None if input.ident == "Model" => cx.error_spanned_by(
+            input.ident,
+            "a SeaORM `Model` needs an aggregate name, or every aggregate would be called \"Model\": \
+             add `#[aggregate(name = \"Order\")]` (the entity's name)",
+        ),
+        None => {}
+    }
+}

@@ -1,0 +1,48 @@
+//! The `DomainEvent` impl.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use super::ast::Input;
+
+pub(crate) fn derive(input: &Input<'_>) -> TokenStream {
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let name = input.name();
+    let version = match &input.attrs.version {
+        Some(lit) => lit.base10_parse::<u32>().unwrap_or(1),
+        None => 1,
+    };
+    let topic = match &input.attrs.topic {
+        Some(topic) => quote!(::core::option::Option::Some(#topic)),
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::outbox_core::__private::DomainEvent for #ident #ty_generics #where_clause {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = #version;
+            const TOPIC: ::core::option::Option<&'static str> = #topic;
+        }
+    }
+}
+
+/// The impl emitted next to the errors: the type still is a `DomainEvent`, so its uses do not
+/// fail too. The higher-ranked bound keeps a missing supertrait from adding an error of its own.
+pub(crate) fn fallback(input: &Input<'_>) -> TokenStream {
+    let ident = input.ident;
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let predicates = where_clause.into_iter().flat_map(|w| w.predicates.iter());
+    let name = input.name();
+    quote! {
+        #[automatically_derived]
+        impl #impl_generics ::outbox_core::__private::DomainEvent for #ident #ty_generics
+        where
+            #(#predicates,)*
+            for<'__outbox> #ident #ty_generics: ::outbox_core::__private::EventBounds,
+        {
+            const NAME: &'static str = #name;
+            const VERSION: u32 = 1;
+        }
+    }
+}
