@@ -10,3 +10,6 @@ pub use shard::shard_of;
 mod context;
 
 pub use context::{NoTransaction, TransactionExt, with_transaction};
+
+pub mod inbox;
+pub use inbox::{Inbox, InboxError, Processed};

@@ -1,0 +1,185 @@
+//! The inbox: consumers apply each event exactly once.
+//!
+//! A consumer that receives an event (from Kafka, say) calls [`Inbox::process`]. It begins a
+//! transaction, records `(event id, consumer)` in `outbox_inbox` with a conflict-ignoring insert,
+//! and:
+//!
+//! * when the row was already there, rolls back and reports [`Processed::Duplicate`]: the event
+//!   was applied before (or is being applied right now by another task, which then wins);
+//! * otherwise runs the handler with the transaction attached to its [`EventContext`] (the handler
+//!   reaches it with [`crate::TransactionExt::transaction`]) and commits on success
+//!   ([`Processed::Applied`]), or rolls back and returns the handler's error.
+//!
+//! The handler's writes and the inbox row therefore commit together or not at all: a redelivered
+//! event is skipped, a failed one is tried again.
+//!
+//! Inbox rows grow with every event applied; `outbox_seaorm::cleanup` deletes rows older than
+//! their retention in bounded batches. Keep the retention longer than the longest time a broker
+//! may redeliver a message (the topic's retention), or a very late duplicate is applied again.
+//!
+//! ```no_run
+//! use outbox_core::{Envelope, Handler, HandlerRegistry};
+//! use outbox_seaorm::inbox::{Inbox, Processed};
+//!
+//! # async fn run(db: &sea_orm::DatabaseConnection, handler: &Handler, envelope: &Envelope)
+//! # -> Result<(), outbox_seaorm::inbox::InboxError> {
+//! match Inbox::process(db, "payment-service/capture", handler, envelope, 1).await? {
+//!     Processed::Applied => println!("applied"),
+//!     Processed::Duplicate => println!("seen before, skipped"),
+//!     _ => {}
+//! }
+//! # Ok(()) }
+//! ```
+
+use outbox_core::{BoxError, Envelope, EventContext, Handler, HandlerError, HandlerErrorKind};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
+};
+
+use crate::context::with_transaction;
+use crate::time::now_micros;
+
+/// The longest consumer key the `outbox_inbox.consumer` column holds.
+pub const MAX_CONSUMER_LEN: usize = 255;
+
+/// What [`Inbox::process`] did with an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Processed {
+    /// The handler ran and its writes committed with the inbox row.
+    Applied,
+    /// The event had been applied by this consumer before; the handler did not run.
+    Duplicate,
+}
+
+/// Why [`Inbox::process`] did not apply an event.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InboxError {
+    /// The database failed (begin, insert or commit); nothing was recorded.
+    #[error("inbox database operation failed")]
+    Database(#[source] DbErr),
+    /// The handler failed; its writes and the inbox row were rolled back.
+    #[error("handler `{handler}` failed")]
+    Handler {
+        /// The handler's id.
+        handler: &'static str,
+        /// Whether the handler asked for a retry.
+        kind: HandlerErrorKind,
+        /// The handler's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The consumer key does not fit the `consumer` column.
+    #[error("consumer key is {len} bytes long, at most {MAX_CONSUMER_LEN} fit")]
+    ConsumerTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+impl InboxError {
+    /// Whether processing the event again may succeed: database errors and retryable handler
+    /// errors are, permanent handler errors and a bad consumer key are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            InboxError::Database(_) => true,
+            InboxError::Handler { kind, .. } => *kind == HandlerErrorKind::Retryable,
+            InboxError::ConsumerTooLong { .. } => false,
+        }
+    }
+
+    fn handler(handler: &'static str, error: HandlerError) -> Self {
+        let kind = error.kind();
+        InboxError::Handler {
+            handler,
+            kind,
+            source: error.into_source(),
+        }
+    }
+}
+
+/// Idempotent processing of received events; see the [module docs](self).
+#[derive(Clone, Copy, Debug, Default)]
+#[non_exhaustive]
+pub struct Inbox;
+
+impl Inbox {
+    /// Applies `envelope` with `handler` once for `consumer` (by convention
+    /// `"<consumer group>/<handler id>"`), as attempt `attempt` (from 1).
+    ///
+    /// # Errors
+    /// [`InboxError::Handler`] when the handler fails (nothing committed),
+    /// [`InboxError::Database`] when the database does, [`InboxError::ConsumerTooLong`] for a
+    /// consumer key over [`MAX_CONSUMER_LEN`] bytes.
+    pub async fn process<C>(
+        db: &C,
+        consumer: &str,
+        handler: &Handler,
+        envelope: &Envelope,
+        attempt: u32,
+    ) -> Result<Processed, InboxError>
+    where
+        C: TransactionTrait<Transaction = DatabaseTransaction>,
+    {
+        if consumer.len() > MAX_CONSUMER_LEN {
+            return Err(InboxError::ConsumerTooLong {
+                len: consumer.len(),
+            });
+        }
+        let txn = db.begin().await.map_err(InboxError::Database)?;
+        let inserted = txn
+            .execute_raw(insert_statement(
+                txn.get_database_backend(),
+                &envelope.id().to_string(),
+                consumer,
+            ))
+            .await
+            .map_err(InboxError::Database)?
+            .rows_affected();
+        if inserted == 0 {
+            txn.rollback().await.map_err(InboxError::Database)?;
+            tracing::debug!(event_id = %envelope.id(), consumer, "duplicate event skipped");
+            return Ok(Processed::Duplicate);
+        }
+        let ctx = with_transaction(EventContext::new(envelope, handler.id(), attempt), &txn);
+        match handler.call(envelope, &ctx).await {
+            Ok(()) => {
+                drop(ctx);
+                txn.commit().await.map_err(InboxError::Database)?;
+                Ok(Processed::Applied)
+            }
+            Err(error) => {
+                drop(ctx);
+                if let Err(rollback) = txn.rollback().await {
+                    tracing::warn!(event_id = %envelope.id(), consumer, error = %rollback,
+                        "rollback after a handler failure failed");
+                }
+                Err(InboxError::handler(handler.id(), error))
+            }
+        }
+    }
+}
+
+fn insert_statement(backend: DbBackend, event_id: &str, consumer: &str) -> Statement {
+    // `INSERT IGNORE` on MySQL/MariaDB also turns truncation into a warning: the consumer length
+    // is checked before, and the event id is a 36-character UUID.
+    let sql = match backend {
+        DbBackend::MySql => {
+            "INSERT IGNORE INTO outbox_inbox (event_id, consumer, processed_at) VALUES (?, ?, ?)"
+        }
+        DbBackend::Postgres => {
+            "INSERT INTO outbox_inbox (event_id, consumer, processed_at) VALUES ($1, $2, $3) \
+             ON CONFLICT DO NOTHING"
+        }
+        _ => {
+            "INSERT INTO outbox_inbox (event_id, consumer, processed_at) VALUES (?, ?, ?) \
+             ON CONFLICT DO NOTHING"
+        }
+    };
+    Statement::from_sql_and_values(
+        backend,
+        sql,
+        [event_id.into(), consumer.into(), now_micros().into()],
+    )
+}
