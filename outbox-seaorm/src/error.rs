@@ -1,0 +1,107 @@
+//! Errors of the save path and the delivery worker.
+
+use std::ops::Deref;
+
+use sea_orm::{DbErr, RuntimeErr};
+
+/// What can go wrong while saving an aggregate with its events, or while delivering them.
+///
+/// Whatever the error, a failed save has written nothing (its transaction rolled back, or the
+/// caller's transaction must be rolled back) and the aggregate still holds its pending events,
+/// so the save can be tried again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The database refused a statement, or the connection failed.
+    #[error("database error")]
+    Database(#[from] #[source] DbErr),
+    /// A pending event could not be turned into an envelope (its payload does not serialize);
+    /// nothing was written.
+    #[error("event {index} of aggregate `{aggregate_type}` `{aggregate_id}` cannot be stored")]
+    Event {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The aggregate's id.
+        aggregate_id: String,
+        /// The position of the event among the aggregate's pending events, from 0.
+        index: usize,
+        /// The core's error, naming the event.
+        #[source]
+        source: outbox_core::Error,
+    },
+    /// An outbox row could not be read back into an envelope (corrupt metadata, say).
+    #[error("outbox row of event `{event_id}` cannot be read")]
+    Row {
+        /// The event id of the row.
+        event_id: String,
+        /// What did not parse.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The row to delete does not exist; nothing was written.
+    #[error("aggregate `{aggregate_type}` `{aggregate_id}` has no row to delete")]
+    NotFound {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The aggregate's id.
+        aggregate_id: String,
+    },
+    /// An earlier statement of this unit of work failed, so it can only be rolled back.
+    #[error("an earlier statement of this unit of work failed; it was rolled back")]
+    Aborted,
+}
+
+impl Error {
+    /// Whether trying the same save again may succeed: a lost connection, an exhausted pool,
+    /// a deadlock, a serialization failure or a busy database. Bad input and constraint
+    /// violations are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Database(err) => db_err_is_retryable(err),
+            Error::Event { .. }
+            | Error::Row { .. }
+            | Error::NotFound { .. }
+            | Error::Aborted => false,
+        }
+    }
+}
+
+/// Whether `err` is a passing condition of the database rather than a wrong statement.
+pub(crate) fn db_err_is_retryable(err: &DbErr) -> bool {
+    match err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            match e.deref() {
+                sea_orm::sqlx::Error::Database(db) => {
+                    let code = db.code().unwrap_or_default();
+                    matches!(
+                        code.deref(),
+                        // PostgreSQL: serialization failure, deadlock, lock not available,
+                        // admin shutdown, cannot connect now.
+                        "40001" | "40P01" | "55P03" | "57P01" | "57P03"
+                        // MySQL/MariaDB SQLSTATE for deadlock and lock wait timeout.
+                        | "40000" | "HY000"
+                        // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+                        | "5" | "6" | "261" | "517" | "262"
+                    ) && !is_mysql_hy000_other(db.as_ref())
+                }
+                sea_orm::sqlx::Error::Io(_)
+                | sea_orm::sqlx::Error::PoolTimedOut
+                | sea_orm::sqlx::Error::PoolClosed
+                | sea_orm::sqlx::Error::WorkerCrashed
+                | sea_orm::sqlx::Error::Protocol(_) => true,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// MySQL reports many unrelated errors as SQLSTATE `HY000`; only lock wait timeout (1205) and
+/// deadlock (1213) are worth retrying.
+fn is_mysql_hy000_other(db: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
+    match db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        Some(my) => !matches!(my.number(), 1205 | 1213),
+        None => false,
+    }
+}

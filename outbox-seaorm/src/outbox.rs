@@ -1,0 +1,244 @@
+//! The service object: saves aggregates with their events and dispatches after commit.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_core::{
+    AggregateRoot, Dispatcher, HandlerRegistry, RetryPolicy, SpawnDispatcher,
+};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, IntoActiveModel, ModelTrait,
+    TransactionTrait,
+};
+
+use crate::delivery::dispatch_job;
+use crate::error::Error;
+use crate::uow::UnitOfWork;
+use crate::write::{ActiveOf, Written, delete_model, forget_written, upsert_model, write_events};
+
+/// Saves aggregates together with their pending events, and runs the in-process handlers after
+/// the commit.
+///
+/// Cheap to clone (an `Arc` inside); build one per database with [`Outbox::builder`] and share
+/// it. See the crate documentation for a complete example.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: DatabaseConnection,
+    handlers: HandlerRegistry,
+    dispatcher: Box<dyn Dispatcher>,
+    retry: RetryPolicy,
+    grace: Duration,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("handlers", &self.inner.handlers)
+            .field("dispatcher", &self.inner.dispatcher)
+            .field("retry", &self.inner.retry)
+            .field("delivery_grace", &self.inner.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures an [`Outbox`]; see [`Outbox::builder`].
+#[must_use]
+pub struct OutboxBuilder {
+    db: DatabaseConnection,
+    handlers: Option<HandlerRegistry>,
+    dispatcher: Box<dyn Dispatcher>,
+    retry: RetryPolicy,
+    grace: Duration,
+}
+
+impl fmt::Debug for OutboxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxBuilder")
+            .field("handlers", &self.handlers)
+            .field("dispatcher", &self.dispatcher)
+            .field("retry", &self.retry)
+            .field("delivery_grace", &self.grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxBuilder {
+    /// Sets the handlers run after commit (default: every `#[event_handler]` linked in,
+    /// [`HandlerRegistry::from_inventory`]). Only handlers without a consumer group run here.
+    pub fn handlers(mut self, handlers: HandlerRegistry) -> Self {
+        self.handlers = Some(handlers);
+        self
+    }
+
+    /// Sets where after-commit work runs (default [`SpawnDispatcher`]: a new tokio task).
+    pub fn dispatcher(mut self, dispatcher: impl Dispatcher) -> Self {
+        self.dispatcher = Box::new(dispatcher);
+        self
+    }
+
+    /// Sets how failed in-process handlers are retried and when they are given up
+    /// (default [`RetryPolicy::default`]).
+    pub fn retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets how long after the commit the recovery worker leaves a delivery to the immediate
+    /// dispatch before it runs it itself (default 30 s). Make it longer than your handlers
+    /// usually take.
+    pub fn delivery_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
+    }
+
+    /// Builds the outbox.
+    pub fn build(self) -> Outbox {
+        Outbox {
+            inner: Arc::new(Inner {
+                db: self.db,
+                handlers: self.handlers.unwrap_or_else(HandlerRegistry::from_inventory),
+                dispatcher: self.dispatcher,
+                retry: self.retry,
+                grace: self.grace,
+            }),
+        }
+    }
+}
+
+impl Outbox {
+    /// Starts configuring an outbox on `db` (whose schema has the outbox tables, see
+    /// [`crate::schema::migrate`]).
+    pub fn builder(db: DatabaseConnection) -> OutboxBuilder {
+        OutboxBuilder {
+            db,
+            handlers: None,
+            dispatcher: Box::new(SpawnDispatcher),
+            retry: RetryPolicy::default(),
+            grace: Duration::from_secs(30),
+        }
+    }
+
+    /// The database connection.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.inner.db
+    }
+
+    /// The handlers it runs after commit.
+    pub fn handlers(&self) -> &HandlerRegistry {
+        &self.inner.handlers
+    }
+
+    /// The retry policy of the in-process handlers.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.inner.retry
+    }
+
+    /// How long the recovery worker leaves a fresh delivery to the immediate dispatch.
+    pub fn delivery_grace(&self) -> Duration {
+        self.inner.grace
+    }
+
+    /// Saves `aggregate` and its pending events in one transaction.
+    ///
+    /// The entity row is inserted, or every non-key column of the row with its primary key is
+    /// updated (the key must be set by the application, as a UUID is: the events name the
+    /// aggregate before its row exists). Then the events are written as [`write_events`]
+    /// describes, and the transaction commits. Only after the commit are the events removed from
+    /// the aggregate and handed to the dispatcher for the in-process handlers, whose failures
+    /// never come back here.
+    ///
+    /// # Errors
+    /// [`Error::Event`] when an event does not serialize, [`Error::Database`] when a statement or
+    /// the commit fails. In every error case nothing was committed and `aggregate` still holds
+    /// its events.
+    pub async fn save<A>(&self, aggregate: &mut A) -> Result<(), Error>
+    where
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    {
+        let txn = self.inner.db.begin().await?;
+        upsert_model(&txn, &*aggregate).await?;
+        let written = self.write(&txn, &*aggregate).await?;
+        txn.commit().await?;
+        self.after_commit(aggregate, written).await;
+        Ok(())
+    }
+
+    /// Deletes `aggregate`'s row and writes its pending events (`OrderDeleted`, say) in one
+    /// transaction; after the commit, as [`Outbox::save`].
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when there is no row to delete, otherwise as [`Outbox::save`]; nothing
+    /// was committed and `aggregate` still holds its events.
+    pub async fn delete<A>(&self, aggregate: &mut A) -> Result<(), Error>
+    where
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    {
+        let txn = self.inner.db.begin().await?;
+        if !delete_model(&txn, &*aggregate).await? {
+            return Err(Error::NotFound {
+                aggregate_type: A::AGGREGATE_TYPE,
+                aggregate_id: aggregate.aggregate_id(),
+            });
+        }
+        let written = self.write(&txn, &*aggregate).await?;
+        txn.commit().await?;
+        self.after_commit(aggregate, written).await;
+        Ok(())
+    }
+
+    /// Begins a [`UnitOfWork`]: several aggregates and the caller's own writes in one
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the transaction cannot begin.
+    pub async fn begin<'a>(&self) -> Result<UnitOfWork<'a>, Error> {
+        let txn = self.inner.db.begin().await?;
+        Ok(UnitOfWork::new(self.clone(), txn))
+    }
+
+    /// [`write_events`] with this outbox's handlers and delivery grace: writes `aggregate`'s
+    /// pending events through the caller's transaction `conn`, leaving them in the aggregate.
+    /// After the commit, pass the result to [`Outbox::after_commit`].
+    ///
+    /// # Errors
+    /// As [`write_events`].
+    pub async fn write<A, C>(&self, conn: &C, aggregate: &A) -> Result<Written, Error>
+    where
+        A: AggregateRoot + ?Sized,
+        C: ConnectionTrait,
+    {
+        write_events(conn, aggregate, &self.inner.handlers, self.inner.grace).await
+    }
+
+    /// Finishes a save made with [`write_events`] in the caller's transaction, once that
+    /// transaction has committed: removes the written events from `aggregate` (events registered
+    /// since stay pending) and hands the in-process handlers' work to the dispatcher.
+    ///
+    /// Never call it before the commit succeeded; after a rollback, just drop `written`. If it is
+    /// never called after a commit, nothing is lost: the recovery worker ([`crate::DeliveryWorker`])
+    /// runs the handlers once the delivery grace has passed, but the aggregate keeps its events
+    /// and saving them again fails on the outbox's unique event id.
+    pub async fn after_commit<A>(&self, aggregate: &mut A, written: Written)
+    where
+        A: AggregateRoot + ?Sized,
+    {
+        forget_written(aggregate.pending_events_mut(), &written);
+        self.dispatch(written).await;
+    }
+
+    /// Hands committed events to the dispatcher.
+    pub(crate) async fn dispatch(&self, written: Written) {
+        if written.deliveries() == 0 {
+            return;
+        }
+        let job = dispatch_job(self.inner.db.clone(), self.inner.retry.clone(), written);
+        self.inner.dispatcher.dispatch(job).await;
+    }
+}

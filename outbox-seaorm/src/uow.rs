@@ -1,0 +1,181 @@
+//! A unit of work: several aggregates and the caller's own writes in one transaction.
+
+use std::fmt;
+use std::ops::Deref;
+
+use outbox_core::{AggregateRoot, DomainEvents};
+use sea_orm::{ActiveModelTrait, DatabaseTransaction, IntoActiveModel, ModelTrait};
+
+use crate::error::Error;
+use crate::outbox::Outbox;
+use crate::write::{ActiveOf, Written, delete_model, forget_written, upsert_model};
+
+/// One transaction in which several aggregates are saved or deleted, events recorded, and the
+/// caller's own statements run; begun with [`Outbox::begin`].
+///
+/// What happens to the events, exactly:
+///
+/// - [`save`](Self::save), [`delete`](Self::delete) and [`record`](Self::record) write the
+///   aggregate's pending events through the transaction but leave them in the aggregate. The
+///   unit of work keeps the aggregate mutably borrowed until it ends, so nothing can change its
+///   events meanwhile (and one aggregate cannot be enlisted twice).
+/// - [`commit`](Self::commit) commits; only if the commit succeeds are the written events
+///   removed from the aggregates and dispatched to the in-process handlers, in the order they
+///   were enlisted.
+/// - [`rollback`](Self::rollback), a failed commit, or dropping the unit of work rolls the
+///   transaction back: every aggregate still holds all its events and no handler runs.
+/// - If one of its own operations fails, the unit of work is spoiled: `commit` then rolls back
+///   and returns [`Error::Aborted`], so a half-written aggregate can never commit. A failing
+///   statement of your own (run through [`connection`](Self::connection)) is yours to handle:
+///   roll back (on PostgreSQL the transaction is unusable after an error anyway).
+#[must_use = "a unit of work rolls back unless `commit` is called"]
+pub struct UnitOfWork<'a> {
+    outbox: Outbox,
+    txn: DatabaseTransaction,
+    enlisted: Vec<(&'a mut DomainEvents, Written)>,
+    aborted: bool,
+}
+
+impl fmt::Debug for UnitOfWork<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnitOfWork")
+            .field("aggregates", &self.enlisted.len())
+            .field("aborted", &self.aborted)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> UnitOfWork<'a> {
+    pub(crate) fn new(outbox: Outbox, txn: DatabaseTransaction) -> Self {
+        UnitOfWork {
+            outbox,
+            txn,
+            enlisted: Vec::new(),
+            aborted: false,
+        }
+    }
+
+    /// The transaction, for the caller's own statements (`Deref` gives the same).
+    pub fn connection(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.aborted {
+            Err(Error::Aborted)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn spoil<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if result.is_err() {
+            self.aborted = true;
+        }
+        result
+    }
+
+    /// Upserts `aggregate`'s row and writes its pending events (see [`Outbox::save`]).
+    ///
+    /// # Errors
+    /// As [`Outbox::save`]; the unit of work is then spoiled (see the type's documentation).
+    pub async fn save<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
+    where
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    {
+        self.check()?;
+        let result = async {
+            upsert_model(&self.txn, &*aggregate).await?;
+            self.outbox.write(&self.txn, &*aggregate).await
+        }
+        .await;
+        let written = self.spoil(result)?;
+        self.enlisted.push((aggregate.pending_events_mut(), written));
+        Ok(())
+    }
+
+    /// Deletes `aggregate`'s row and writes its pending events (see [`Outbox::delete`]).
+    ///
+    /// # Errors
+    /// As [`Outbox::delete`]; the unit of work is then spoiled.
+    pub async fn delete<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
+    where
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    {
+        self.check()?;
+        let result = async {
+            if !delete_model(&self.txn, &*aggregate).await? {
+                return Err(Error::NotFound {
+                    aggregate_type: A::AGGREGATE_TYPE,
+                    aggregate_id: aggregate.aggregate_id(),
+                });
+            }
+            self.outbox.write(&self.txn, &*aggregate).await
+        }
+        .await;
+        let written = self.spoil(result)?;
+        self.enlisted.push((aggregate.pending_events_mut(), written));
+        Ok(())
+    }
+
+    /// Writes only the pending events of `aggregate`, whose own row the caller writes (through
+    /// [`connection`](Self::connection)) or that has none.
+    ///
+    /// # Errors
+    /// As [`crate::write_events`]; the unit of work is then spoiled.
+    pub async fn record<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
+    where
+        A: AggregateRoot,
+    {
+        self.check()?;
+        let result = self.outbox.write(&self.txn, &*aggregate).await;
+        let written = self.spoil(result)?;
+        self.enlisted.push((aggregate.pending_events_mut(), written));
+        Ok(())
+    }
+
+    /// Commits; then removes the written events from the aggregates and dispatches them.
+    ///
+    /// # Errors
+    /// [`Error::Aborted`] (after rolling back) when an operation of this unit of work failed,
+    /// [`Error::Database`] when the commit fails. The aggregates then keep their events.
+    pub async fn commit(self) -> Result<(), Error> {
+        let UnitOfWork {
+            outbox,
+            txn,
+            enlisted,
+            aborted,
+        } = self;
+        if aborted {
+            txn.rollback().await?;
+            return Err(Error::Aborted);
+        }
+        txn.commit().await?;
+        let mut all = Written::empty();
+        for (events, written) in enlisted {
+            forget_written(events, &written);
+            all.append(written);
+        }
+        outbox.dispatch(all).await;
+        Ok(())
+    }
+
+    /// Rolls back: nothing is written, the aggregates keep their events, no handler runs.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the rollback statement fails (the transaction is gone either way).
+    pub async fn rollback(self) -> Result<(), Error> {
+        self.txn.rollback().await?;
+        Ok(())
+    }
+}
+
+impl Deref for UnitOfWork<'_> {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}

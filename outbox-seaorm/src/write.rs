@@ -1,0 +1,403 @@
+//! Writing an aggregate's pending events: sequence numbers, outbox rows, delivery records.
+
+use std::fmt;
+use std::time::Duration;
+
+use outbox_core::{AggregateRoot, DomainEvents, Envelope, Handler, HandlerRegistry};
+use sea_orm::sea_query::{Expr, OnConflict, Query};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DbBackend, EntityTrait, IdenStatic, IntoActiveModel,
+    Iterable, ModelTrait, PrimaryKeyToColumn, QueryTrait, Statement,
+};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::time;
+
+/// The PostgreSQL channel the save path notifies on commit; the relay `LISTEN`s on it.
+pub const NOTIFY_CHANNEL: &str = "outbox";
+
+/// Rows per multi-row `INSERT`: well under every backend's bind-parameter limit (SQLite 32766,
+/// PostgreSQL and MySQL 65535) with the outbox's 16 columns.
+const ROWS_PER_INSERT: usize = 1000;
+
+/// The events one [`write_events`] call stored, waiting for the commit.
+///
+/// Hand it to [`crate::Outbox::after_commit`] once the transaction committed; drop it when the
+/// transaction rolled back.
+#[must_use = "after the commit, hand it to `Outbox::after_commit`, or the handlers run only when the recovery worker finds them"]
+pub struct Written {
+    pub(crate) envelopes: Vec<Envelope>,
+    /// For each envelope, the in-process handlers a delivery row was written for.
+    pub(crate) handlers: Vec<Vec<Handler>>,
+}
+
+impl Written {
+    pub(crate) fn empty() -> Self {
+        Written {
+            envelopes: Vec::new(),
+            handlers: Vec::new(),
+        }
+    }
+
+    /// The stored events, in order, with their sequence numbers.
+    pub fn envelopes(&self) -> &[Envelope] {
+        &self.envelopes
+    }
+
+    /// How many events were stored.
+    pub fn len(&self) -> usize {
+        self.envelopes.len()
+    }
+
+    /// Whether no event was stored.
+    pub fn is_empty(&self) -> bool {
+        self.envelopes.is_empty()
+    }
+
+    /// How many (event, in-process handler) delivery records were written.
+    pub fn deliveries(&self) -> usize {
+        self.handlers.iter().map(Vec::len).sum()
+    }
+
+    /// Appends the events of `other` (written in the same transaction, after these).
+    pub(crate) fn append(&mut self, mut other: Written) {
+        self.envelopes.append(&mut other.envelopes);
+        self.handlers.append(&mut other.handlers);
+    }
+
+    pub(crate) fn ids(&self) -> impl Iterator<Item = Uuid> + '_ {
+        self.envelopes.iter().map(Envelope::id)
+    }
+}
+
+impl fmt::Debug for Written {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Written")
+            .field("events", &self.envelopes.len())
+            .field("deliveries", &self.deliveries())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the pending events of `aggregate` through `conn`, without taking them from it.
+///
+/// This is the low-level part of [`crate::Outbox::save`] for a transaction the caller runs
+/// itself. In order, on `conn`:
+///
+/// 1. every pending event is serialized; if one fails, nothing is written and
+///    [`Error::Event`] names it;
+/// 2. the aggregate's `outbox_sequence` row is bumped by the number of events (its row lock
+///    orders concurrent saves of the same aggregate until the commit);
+/// 3. one multi-row `INSERT` writes the outbox rows, one more writes an `outbox_delivery` row per
+///    (event, in-process handler of `handlers`), due for recovery `grace` after now;
+/// 4. on PostgreSQL, `pg_notify('outbox', '')` wakes the relay when the transaction commits.
+///
+/// The contract: `conn` must be a transaction (a [`sea_orm::DatabaseTransaction`]) that also
+/// carries the aggregate's own row, so that both commit or roll back together. After it
+/// committed, call [`crate::Outbox::after_commit`] with the aggregate and the returned
+/// [`Written`]: it removes the stored events from the aggregate and runs the handlers. If the
+/// transaction rolled back, drop the `Written`: the aggregate still holds its events and can be
+/// saved again (with the same event ids). On error, roll the transaction back: some statements
+/// may have run.
+///
+/// An aggregate without pending events writes nothing and returns an empty [`Written`].
+///
+/// # Errors
+/// [`Error::Event`] when an event does not serialize (nothing written), [`Error::Database`] when a
+/// statement fails.
+pub async fn write_events<A, C>(
+    conn: &C,
+    aggregate: &A,
+    handlers: &HandlerRegistry,
+    grace: Duration,
+) -> Result<Written, Error>
+where
+    A: AggregateRoot + ?Sized,
+    C: ConnectionTrait,
+{
+    let pending = aggregate.pending_events().as_slice();
+    if pending.is_empty() {
+        return Ok(Written::empty());
+    }
+    let aggregate_type = A::AGGREGATE_TYPE;
+    let aggregate_id = aggregate.aggregate_id();
+    // Serialize everything before the first write; sequence numbers are filled in below.
+    let mut envelopes = Vec::with_capacity(pending.len());
+    for (index, event) in pending.iter().enumerate() {
+        let envelope = event
+            .to_envelope(aggregate_type, &aggregate_id, 0)
+            .map_err(|source| Error::Event {
+                aggregate_type,
+                aggregate_id: aggregate_id.clone(),
+                index,
+                source,
+            })?;
+        envelopes.push(envelope);
+    }
+    let count = i64::try_from(envelopes.len()).unwrap_or(i64::MAX);
+    let last = bump_sequence(conn, aggregate_type, &aggregate_id, count).await?;
+    let first = last - count + 1;
+    let envelopes: Vec<Envelope> = envelopes
+        .into_iter()
+        .zip(first..)
+        .map(|(e, sequence)| resequence(e, sequence))
+        .collect();
+
+    let now = time::now_micros();
+    insert_outbox_rows(conn, &envelopes, now).await?;
+
+    let handlers: Vec<Vec<Handler>> = envelopes
+        .iter()
+        .map(|e| handlers.local(e.event_name()).copied().collect())
+        .collect();
+    let due = now.saturating_add(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX));
+    insert_delivery_rows(conn, &envelopes, &handlers, now, due).await?;
+
+    if conn.get_database_backend() == DbBackend::Postgres {
+        conn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_notify($1, '')",
+            [NOTIFY_CHANNEL.into()],
+        ))
+        .await?;
+    }
+    tracing::debug!(
+        aggregate_type,
+        aggregate_id = %aggregate_id,
+        events = envelopes.len(),
+        first_sequence = first,
+        "events written to the outbox"
+    );
+    Ok(Written {
+        envelopes,
+        handlers,
+    })
+}
+
+fn resequence(envelope: Envelope, sequence: i64) -> Envelope {
+    Envelope::builder(
+        envelope.event_name(),
+        envelope.aggregate_type(),
+        envelope.aggregate_id(),
+    )
+    .id(envelope.id())
+    .version(envelope.event_version())
+    .sequence(sequence)
+    .occurred_at(envelope.occurred_at())
+    .payload(envelope.payload())
+    .metadata(envelope.metadata().clone())
+    .topic(envelope.topic().map(str::to_owned))
+    .build()
+}
+
+/// Adds `count` to the aggregate's last sequence number and returns the new last one.
+async fn bump_sequence<C: ConnectionTrait>(
+    conn: &C,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    count: i64,
+) -> Result<i64, Error> {
+    let backend = conn.get_database_backend();
+    let values = [aggregate_type.into(), aggregate_id.into(), count.into()];
+    let row = match backend {
+        DbBackend::MySql => {
+            conn.execute_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+                 VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE last_sequence = last_sequence + VALUES(last_sequence)",
+                values,
+            ))
+            .await?;
+            conn.query_one_raw(Statement::from_sql_and_values(
+                backend,
+                "SELECT last_sequence FROM outbox_sequence \
+                 WHERE aggregatetype = ? AND aggregateid = ?",
+                [aggregate_type.into(), aggregate_id.into()],
+            ))
+            .await?
+        }
+        DbBackend::Postgres => {
+            conn.query_one_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+                 VALUES ($1, $2, $3) \
+                 ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
+                 SET last_sequence = outbox_sequence.last_sequence + EXCLUDED.last_sequence \
+                 RETURNING last_sequence",
+                values,
+            ))
+            .await?
+        }
+        _ => {
+            conn.query_one_raw(Statement::from_sql_and_values(
+                backend,
+                "INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+                 VALUES (?, ?, ?) \
+                 ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
+                 SET last_sequence = outbox_sequence.last_sequence + excluded.last_sequence \
+                 RETURNING last_sequence",
+                values,
+            ))
+            .await?
+        }
+    };
+    let row = row.ok_or_else(|| {
+        sea_orm::DbErr::RecordNotFound(format!(
+            "outbox_sequence row of {aggregate_type} {aggregate_id}"
+        ))
+    })?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
+async fn insert_outbox_rows<C: ConnectionTrait>(
+    conn: &C,
+    envelopes: &[Envelope],
+    now: i64,
+) -> Result<(), Error> {
+    for chunk in envelopes.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert()
+            .into_table(O::Table)
+            .columns([
+                O::Id,
+                O::AggregateType,
+                O::AggregateId,
+                O::EventType,
+                O::Version,
+                O::Sequence,
+                O::Payload,
+                O::Metadata,
+                O::Topic,
+                O::Shard,
+                O::OccurredAt,
+                O::CreatedAt,
+                O::Status,
+                O::Attempts,
+                O::NextAttemptAt,
+            ])
+            .to_owned();
+        for e in chunk {
+            let metadata = if e.metadata().is_empty() {
+                None
+            } else {
+                Some(serde_json::to_string(e.metadata()).map_err(|source| Error::Row {
+                    event_id: e.id().to_string(),
+                    source,
+                })?)
+            };
+            insert.values_panic([
+                Expr::val(e.id().to_string()),
+                Expr::val(e.aggregate_type()),
+                Expr::val(e.aggregate_id()),
+                Expr::val(e.event_name()),
+                Expr::val(i32::try_from(e.event_version()).unwrap_or(i32::MAX)),
+                Expr::val(e.sequence()),
+                Expr::val(e.payload()),
+                Expr::val(metadata),
+                Expr::val(e.topic().map(str::to_owned)),
+                Expr::val(crate::shard_of(e.aggregate_type(), e.aggregate_id())),
+                Expr::val(time::to_micros(e.occurred_at())),
+                Expr::val(now),
+                Expr::val(0i16),
+                Expr::val(0i32),
+                Expr::val(now),
+            ]);
+        }
+        conn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+async fn insert_delivery_rows<C: ConnectionTrait>(
+    conn: &C,
+    envelopes: &[Envelope],
+    handlers: &[Vec<Handler>],
+    now: i64,
+    due: i64,
+) -> Result<(), Error> {
+    let rows: Vec<(String, &'static str)> = envelopes
+        .iter()
+        .zip(handlers)
+        .flat_map(|(e, hs)| hs.iter().map(move |h| (e.id().to_string(), h.id())))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut insert = Query::insert()
+            .into_table(D::Table)
+            .columns([
+                D::EventId,
+                D::Handler,
+                D::Status,
+                D::Attempts,
+                D::NextAttemptAt,
+                D::CreatedAt,
+            ])
+            .to_owned();
+        for (event_id, handler) in chunk {
+            insert.values_panic([
+                Expr::val(event_id.as_str()),
+                Expr::val(*handler),
+                Expr::val(0i16),
+                Expr::val(0i32),
+                Expr::val(due),
+                Expr::val(now),
+            ]);
+        }
+        conn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// The active model of a model type.
+pub(crate) type ActiveOf<M> = <<M as ModelTrait>::Entity as EntityTrait>::ActiveModel;
+
+/// Inserts `model`'s row, or updates every non-key column of the row with its primary key.
+pub(crate) async fn upsert_model<M, C>(conn: &C, model: &M) -> Result<(), Error>
+where
+    M: ModelTrait + IntoActiveModel<ActiveOf<M>>,
+    ActiveOf<M>: ActiveModelTrait<Entity = M::Entity>,
+    C: ConnectionTrait,
+{
+    let keys: Vec<_> = <<M::Entity as EntityTrait>::PrimaryKey as Iterable>::iter()
+        .map(PrimaryKeyToColumn::into_column)
+        .collect();
+    let others: Vec<_> = <<M::Entity as EntityTrait>::Column as Iterable>::iter()
+        .filter(|c| !keys.iter().any(|k| k.as_str() == c.as_str()))
+        .collect();
+    let mut on_conflict = OnConflict::columns(keys.clone());
+    if others.is_empty() {
+        on_conflict.do_nothing_on(keys);
+    } else {
+        on_conflict.update_columns(others);
+    }
+    let insert = M::Entity::insert(model.clone().into_active_model())
+        .on_conflict(on_conflict)
+        .into_query();
+    conn.execute(&insert).await?;
+    Ok(())
+}
+
+/// Deletes `model`'s row; `false` when there was none.
+pub(crate) async fn delete_model<M, C>(conn: &C, model: &M) -> Result<bool, Error>
+where
+    M: ModelTrait + IntoActiveModel<ActiveOf<M>>,
+    ActiveOf<M>: ActiveModelTrait<Entity = M::Entity>,
+    C: ConnectionTrait,
+{
+    let result = M::Entity::delete(model.clone().into_active_model())
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected > 0)
+}
+
+/// Removes the events of `written` from `events`, keeping any registered since.
+pub(crate) fn forget_written(events: &mut DomainEvents, written: &Written) {
+    let ids: std::collections::HashSet<Uuid> = written.ids().collect();
+    let kept: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter(|e| !ids.contains(&e.id()))
+        .collect();
+    events.restore(kept);
+}
