@@ -13,3 +13,15 @@ pub use context::{NoTransaction, TransactionExt, with_transaction};
 
 pub mod inbox;
 pub use inbox::{Inbox, InboxError, Processed};
+
+mod delivery;
+mod error;
+mod outbox;
+mod uow;
+mod write;
+
+pub use delivery::DeliveryWorker;
+pub use error::Error;
+pub use outbox::{Outbox, OutboxBuilder};
+pub use uow::UnitOfWork;
+pub use write::{NOTIFY_CHANNEL, Written, write_events};
