@@ -61,6 +61,7 @@ mod event;
 mod handler;
 mod publish;
 mod retry;
+pub mod testing;
 
 pub use aggregate::AggregateRoot;
 pub use dispatch::{

@@ -7,6 +7,11 @@ mod shard;
 pub mod time;
 
 pub use shard::shard_of;
+
+pub mod cleanup;
+pub mod relay;
+pub use cleanup::{Cleanup, CleanupBuilder, CleanupError, CleanupReport};
+pub use relay::{CycleReport, DeadLetterPolicy, Relay, RelayBuilder, RelayError, RelayStats};
 mod context;
 
 pub use context::{NoTransaction, TransactionExt, with_transaction};

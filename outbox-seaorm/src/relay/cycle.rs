@@ -1,0 +1,414 @@
+//! One relay cycle: claim shards, read a batch, publish it, record the outcome.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use outbox_core::{Envelope, EventMetadata, PublishError};
+use sea_orm::{
+    AccessMode, ConnectionTrait, DbBackend, DbErr, IsolationLevel, QueryResult, TransactionTrait,
+    Value,
+};
+use uuid::Uuid;
+
+use super::sql::{error_chain, execute, placeholders, query};
+use super::{CycleReport, DeadLetterPolicy, Relay, RelayError};
+use crate::schema::SHARDS;
+use crate::time::{from_micros, now_micros};
+
+/// Status values of `outbox.status`.
+pub(crate) const PENDING: i16 = 0;
+pub(crate) const PUBLISHED: i16 = 1;
+pub(crate) const DEAD: i16 = 2;
+
+const COLUMNS: &str = "o.position, o.id, o.aggregatetype, o.aggregateid, o.type, o.version, \
+     o.sequence, o.payload, o.metadata, o.topic, o.occurred_at, o.attempts";
+
+/// One outbox row read for publishing.
+struct Row {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    attempts: i32,
+    /// The envelope, or why the row cannot become one.
+    envelope: Result<Envelope, InvalidRow>,
+}
+
+/// A stored row that does not make an envelope (hand-edited, or written by another tool).
+#[derive(Debug, thiserror::Error)]
+#[error("outbox row {position} cannot be published: {what}")]
+struct InvalidRow {
+    position: i64,
+    what: &'static str,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// The publisher answered with fewer outcomes than envelopes.
+#[derive(Debug, thiserror::Error)]
+#[error("the publisher returned no outcome for this envelope")]
+struct MissingOutcome;
+
+impl Row {
+    fn read(row: &QueryResult) -> Result<Row, DbErr> {
+        let position: i64 = row.try_get("", "position")?;
+        let id: String = row.try_get("", "id")?;
+        let aggregate_type: String = row.try_get("", "aggregatetype")?;
+        let aggregate_id: String = row.try_get("", "aggregateid")?;
+        let event_name: String = row.try_get("", "type")?;
+        let version: i32 = row.try_get("", "version")?;
+        let sequence: i64 = row.try_get("", "sequence")?;
+        let payload: String = row.try_get("", "payload")?;
+        let metadata: Option<String> = row.try_get("", "metadata")?;
+        let topic: Option<String> = row.try_get("", "topic")?;
+        let occurred_at: i64 = row.try_get("", "occurred_at")?;
+        let attempts: i32 = row.try_get("", "attempts")?;
+
+        let invalid = |what, source: Option<Box<dyn std::error::Error + Send + Sync>>| InvalidRow {
+            position,
+            what,
+            source,
+        };
+        let envelope = (|| {
+            let id = Uuid::parse_str(&id)
+                .map_err(|e| invalid("its id is not a UUID", Some(e.into())))?;
+            let version = u32::try_from(version)
+                .map_err(|e| invalid("its version is negative", Some(e.into())))?;
+            let metadata = match metadata.as_deref() {
+                None | Some("") => EventMetadata::default(),
+                Some(json) => serde_json::from_str(json)
+                    .map_err(|e| invalid("its metadata is not valid JSON", Some(e.into())))?,
+            };
+            Ok(
+                Envelope::builder(event_name, aggregate_type.clone(), aggregate_id.clone())
+                    .id(id)
+                    .version(version)
+                    .sequence(sequence)
+                    .occurred_at(from_micros(occurred_at))
+                    .payload(payload)
+                    .metadata(metadata)
+                    .topic(topic)
+                    .build(),
+            )
+        })();
+        Ok(Row {
+            position,
+            aggregate_type,
+            aggregate_id,
+            attempts,
+            envelope,
+        })
+    }
+}
+
+impl fmt::Debug for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Row")
+            .field("position", &self.position)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The batch query: pending, due rows, oldest first, leaving out aggregates held back by an
+/// earlier row that waits for a retry (or is dead, under [`DeadLetterPolicy::Block`]).
+fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
+    let blocking = match policy {
+        DeadLetterPolicy::Skip => "b.status = 0 AND b.next_attempt_at > ?",
+        DeadLetterPolicy::Block => "(b.status = 2 OR (b.status = 0 AND b.next_attempt_at > ?))",
+    };
+    let shard_filter = match shards {
+        Some(n) => format!(" AND o.shard IN ({})", placeholders(n)),
+        None => String::new(),
+    };
+    format!(
+        "SELECT {COLUMNS} FROM outbox o \
+         WHERE o.status = 0 AND o.next_attempt_at <= ?{shard_filter} \
+         AND NOT EXISTS (SELECT 1 FROM outbox b \
+           WHERE b.aggregatetype = o.aggregatetype AND b.aggregateid = o.aggregateid \
+           AND b.sequence < o.sequence AND {blocking}) \
+         ORDER BY o.position LIMIT ?"
+    )
+}
+
+async fn read_batch<C: ConnectionTrait>(
+    db: &C,
+    relay: &Relay,
+    now: i64,
+    shards: Option<&[i16]>,
+) -> Result<Vec<Row>, DbErr> {
+    let sql = batch_sql(relay.config.dead_letter_policy, shards.map(<[i16]>::len));
+    let mut values: Vec<Value> = vec![now.into()];
+    if let Some(shards) = shards {
+        values.extend(shards.iter().map(|s| Value::from(*s)));
+    }
+    values.push(now.into());
+    values.push(
+        i64::try_from(relay.config.batch_size)
+            .unwrap_or(i64::MAX)
+            .into(),
+    );
+    query(db, &sql, values)
+        .await?
+        .iter()
+        .map(Row::read)
+        .collect()
+}
+
+/// Locks up to `limit` of `shards` (ascending) with `FOR UPDATE SKIP LOCKED`.
+async fn lock_shards<C: ConnectionTrait>(
+    db: &C,
+    shards: &[i16],
+    limit: usize,
+) -> Result<Vec<i16>, DbErr> {
+    if shards.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT shard FROM outbox_shard WHERE shard IN ({}) ORDER BY shard LIMIT ? \
+         FOR UPDATE SKIP LOCKED",
+        placeholders(shards.len())
+    );
+    let mut values: Vec<Value> = shards.iter().map(|s| Value::from(*s)).collect();
+    values.push(i64::try_from(limit).unwrap_or(i64::MAX).into());
+    query(db, &sql, values)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i16>("", "shard"))
+        .collect()
+}
+
+/// Claims shards in a fair order: the shards that have due rows, starting at a random shard, so
+/// that several relays spread over the shards instead of all asking for the same ones.
+async fn claim_shards<C: ConnectionTrait>(
+    db: &C,
+    now: i64,
+    limit: usize,
+) -> Result<Vec<i16>, DbErr> {
+    let mut candidates: Vec<i16> = query(
+        db,
+        "SELECT DISTINCT shard FROM outbox WHERE status = 0 AND next_attempt_at <= ?",
+        vec![now.into()],
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get::<i16>("", "shard"))
+    .collect::<Result<_, _>>()?;
+    candidates.sort_unstable();
+    let start = fastrand::i16(0..SHARDS);
+    let (low, high): (Vec<i16>, Vec<i16>) = candidates.iter().partition(|s| **s < start);
+    let mut locked = lock_shards(db, &high, limit).await?;
+    if locked.len() < limit {
+        let more = lock_shards(db, &low, limit - locked.len()).await?;
+        locked.extend(more);
+    }
+    Ok(locked)
+}
+
+/// What the relay decided for one batch, before it is written.
+#[derive(Default)]
+struct Outcome {
+    published: Vec<i64>,
+    /// (position, attempts after this one, dead, error chain, next attempt at)
+    failures: Vec<(i64, i32, bool, String, i64)>,
+    held: usize,
+    next_retry_at: Option<i64>,
+}
+
+fn decide(
+    relay: &Relay,
+    rows: &[Row],
+    results: Vec<Result<(), PublishError>>,
+    now: i64,
+) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut failed: HashSet<(&str, &str)> = HashSet::new();
+    let mut results = results.into_iter();
+    for row in rows {
+        let key = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
+        let result: Result<(), RowError> = match &row.envelope {
+            Err(invalid) => Err(RowError::Invalid(invalid)),
+            Ok(_) => match results.next() {
+                Some(result) => result.map_err(RowError::Publish),
+                None => Err(RowError::Publish(PublishError::transient(MissingOutcome))),
+            },
+        };
+        if failed.contains(&key) {
+            // An earlier event of this aggregate failed: this one is sent again after it.
+            outcome.held += 1;
+            continue;
+        }
+        match result {
+            Ok(()) => outcome.published.push(row.position),
+            Err(error) => {
+                failed.insert(key);
+                let attempts = row.attempts.saturating_add(1);
+                let retryable = error.is_retryable();
+                let dead = !retryable
+                    || !relay
+                        .config
+                        .retry
+                        .should_retry(u32::try_from(attempts).unwrap_or(u32::MAX));
+                let delay = relay
+                    .config
+                    .retry
+                    .delay_after(u32::try_from(attempts).unwrap_or(u32::MAX));
+                let next = now.saturating_add(i64::try_from(delay.as_micros()).unwrap_or(i64::MAX));
+                let chain = error.chain();
+                if dead {
+                    tracing::error!(position = row.position, aggregate_type = %row.aggregate_type,
+                        aggregate_id = %row.aggregate_id, attempts, error = %chain,
+                        "outbox event dead-lettered");
+                } else {
+                    tracing::warn!(position = row.position, aggregate_type = %row.aggregate_type,
+                        aggregate_id = %row.aggregate_id, attempts, error = %chain,
+                        "publishing an outbox event failed; it will be retried");
+                    outcome.next_retry_at =
+                        Some(outcome.next_retry_at.map_or(next, |n| n.min(next)));
+                }
+                outcome
+                    .failures
+                    .push((row.position, attempts, dead, chain, next));
+            }
+        }
+    }
+    outcome
+}
+
+enum RowError<'a> {
+    Invalid(&'a InvalidRow),
+    Publish(PublishError),
+}
+
+impl RowError<'_> {
+    fn is_retryable(&self) -> bool {
+        match self {
+            RowError::Invalid(_) => false,
+            RowError::Publish(e) => e.is_retryable(),
+        }
+    }
+    fn chain(&self) -> String {
+        match self {
+            RowError::Invalid(e) => error_chain(*e),
+            RowError::Publish(e) => error_chain(e),
+        }
+    }
+}
+
+/// Writes the outcome: one statement for every published row, one per failure.
+async fn record<C: ConnectionTrait>(db: &C, outcome: &Outcome, now: i64) -> Result<(), DbErr> {
+    if !outcome.published.is_empty() {
+        let sql = format!(
+            "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
+            placeholders(outcome.published.len())
+        );
+        let mut values: Vec<Value> = vec![now.into()];
+        values.extend(outcome.published.iter().map(|p| Value::from(*p)));
+        execute(db, &sql, values).await?;
+    }
+    for (position, attempts, dead, error, next) in &outcome.failures {
+        let status = if *dead { DEAD } else { PENDING };
+        execute(
+            db,
+            "UPDATE outbox SET attempts = ?, status = ?, last_error = ?, next_attempt_at = ? \
+             WHERE position = ?",
+            vec![
+                (*attempts).into(),
+                status.into(),
+                error.clone().into(),
+                (*next).into(),
+                (*position).into(),
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+async fn publish(relay: &Relay, rows: &[Row]) -> Vec<Result<(), PublishError>> {
+    let envelopes: Vec<Envelope> = rows
+        .iter()
+        .filter_map(|row| row.envelope.as_ref().ok().cloned())
+        .collect();
+    if envelopes.is_empty() {
+        return Vec::new();
+    }
+    relay.publisher.publish(&envelopes).await
+}
+
+fn report(rows: &[Row], shards: usize, outcome: &Outcome) -> CycleReport {
+    let dead = outcome.failures.iter().filter(|f| f.2).count();
+    CycleReport {
+        shards,
+        claimed: rows.len(),
+        published: outcome.published.len(),
+        failed: outcome.failures.len() - dead,
+        dead,
+        held: outcome.held,
+        next_retry_at: outcome.next_retry_at.map(from_micros),
+        more: false,
+    }
+}
+
+/// A cycle on PostgreSQL or MariaDB/MySQL: everything in one transaction that holds the shard
+/// locks while publishing.
+pub(super) async fn locking(relay: &Relay) -> Result<CycleReport, RelayError> {
+    let txn = relay
+        .db
+        .begin_with_config(
+            Some(IsolationLevel::ReadCommitted),
+            Some(AccessMode::ReadWrite),
+        )
+        .await?;
+    let now = now_micros();
+    let limit = relay.config.shards_per_claim;
+    let shards = claim_shards(&txn, now, limit).await?;
+    if shards.is_empty() {
+        txn.commit().await?;
+        return Ok(CycleReport::default());
+    }
+    let rows = read_batch(&txn, relay, now, Some(&shards)).await?;
+    let results = publish(relay, &rows).await;
+    let done = now_micros();
+    let outcome = decide(relay, &rows, results, done);
+    record(&txn, &outcome, done).await?;
+    let sql = format!(
+        "UPDATE outbox_shard SET owner = ?, claimed_at = ? WHERE shard IN ({})",
+        placeholders(shards.len())
+    );
+    let mut values: Vec<Value> = vec![relay.config.instance_id.clone().into(), done.into()];
+    values.extend(shards.iter().map(|s| Value::from(*s)));
+    execute(&txn, &sql, values).await?;
+    txn.commit().await?;
+    let mut report = report(&rows, shards.len(), &outcome);
+    // Full batch, or more shards with due rows than one claim takes: go again at once.
+    report.more =
+        rows.len() >= relay.config.batch_size || (shards.len() >= limit && !rows.is_empty());
+    Ok(report)
+}
+
+/// A cycle on SQLite: read and publish outside any transaction (a write transaction held while
+/// publishing would block the application's saves), then mark in one short transaction. Only
+/// one relay per SQLite database is supported.
+pub(super) async fn single(relay: &Relay) -> Result<CycleReport, RelayError> {
+    let now = now_micros();
+    let rows = read_batch(&relay.db, relay, now, None).await?;
+    if rows.is_empty() {
+        return Ok(CycleReport::default());
+    }
+    let results = publish(relay, &rows).await;
+    let done = now_micros();
+    let outcome = decide(relay, &rows, results, done);
+    let txn = relay.db.begin().await?;
+    record(&txn, &outcome, done).await?;
+    txn.commit().await?;
+    let mut report = report(&rows, 0, &outcome);
+    report.more = rows.len() >= relay.config.batch_size;
+    Ok(report)
+}
+
+/// Runs the cycle that fits the backend.
+pub(super) async fn run(relay: &Relay) -> Result<CycleReport, RelayError> {
+    match relay.db.get_database_backend() {
+        DbBackend::Sqlite => single(relay).await,
+        _ => locking(relay).await,
+    }
+}

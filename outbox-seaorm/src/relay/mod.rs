@@ -1,0 +1,475 @@
+//! The relay: publishes committed outbox rows through a [`Publisher`], at least once, in order
+//! per aggregate.
+//!
+//! A cycle claims up to `shards_per_claim` of the 64 relay shards with
+//! `SELECT … FOR UPDATE SKIP LOCKED` (PostgreSQL, MariaDB/MySQL), reads the pending, due rows of
+//! those shards in position order, leaving out aggregates held back by an earlier row that waits
+//! for a retry or is dead, hands the batch to the publisher, marks every confirmed row published
+//! in one statement, records failures with backoff, and commits, which releases the shards. A
+//! shard is held by one relay at a time, so several relays can run against one database and
+//! events of one aggregate are still published in order. If an event fails, the later events of
+//! its aggregate in the batch are not marked published, so they are sent again after it.
+//!
+//! SQLite has no row locks: there, the relay reads and publishes outside any transaction (so the
+//! application's saves are not blocked meanwhile) and marks the batch in one short write
+//! transaction. **Run a single relay per SQLite database.**
+//!
+//! On PostgreSQL the relay `LISTEN`s on channel `outbox` (the save path notifies it on commit)
+//! with a slow fallback poll; elsewhere it polls with a backoff while idle. It runs again at once
+//! while batches come back full, and survives lost connections (it logs, backs off and retries).
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use outbox_core::RetryPolicy;
+//! use outbox_core::testing::InMemoryPublisher;
+//! use outbox_seaorm::relay::{DeadLetterPolicy, Relay};
+//!
+//! let db = sea_orm::Database::connect("sqlite::memory:").await?;
+//! outbox_seaorm::schema::migrate(&db).await?;
+//!
+//! let publisher = InMemoryPublisher::new();
+//! let relay = Relay::builder(db.clone(), publisher.clone())
+//!     .batch_size(100)
+//!     .retry(RetryPolicy::default().with_max_attempts(5))
+//!     .dead_letter_policy(DeadLetterPolicy::Block)
+//!     .idle_backoff(Duration::from_millis(10), Duration::from_secs(1))
+//!     .build();
+//!
+//! let report = relay.run_once().await?;
+//! assert_eq!(report.published(), 0); // nothing saved yet
+//! assert_eq!(outbox_seaorm::relay::pending_count(&db).await?, 0);
+//!
+//! // In a service: run until shutdown (here: at once).
+//! let stats = relay.run_until(async {}).await?;
+//! assert_eq!(stats.published(), 0);
+//! # Ok(()) }
+//! ```
+
+mod admin;
+mod cycle;
+pub(crate) mod sql;
+mod wake;
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use outbox_core::{Publisher, RetryPolicy};
+use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use tracing::Instrument;
+
+pub use admin::{dead_count, pending_count, requeue_dead};
+
+/// What happens to the later events of an aggregate whose event is dead.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeadLetterPolicy {
+    /// Hold them back until the dead event is requeued ([`requeue_dead`]) or removed: order
+    /// per aggregate is never broken. The default.
+    #[default]
+    Block,
+    /// Publish them: a dead event no longer holds its aggregate back (it stays dead, with its
+    /// error, for inspection). An event waiting for a retry still holds its aggregate back.
+    Skip,
+}
+
+/// Why a relay cycle failed. The relay's run loop logs these and tries again.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// A statement failed or the connection was lost; the cycle's transaction rolled back.
+    #[error("the relay's database work failed")]
+    Database {
+        /// SeaORM's error.
+        #[from]
+        source: DbErr,
+    },
+}
+
+impl RelayError {
+    /// Whether running the cycle again may succeed (a lost connection, a lock timeout).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            RelayError::Database { source } => !matches!(
+                source,
+                DbErr::Type(_) | DbErr::Json(_) | DbErr::TryIntoErr { .. }
+            ),
+        }
+    }
+}
+
+/// What one relay cycle did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CycleReport {
+    shards: usize,
+    claimed: usize,
+    published: usize,
+    failed: usize,
+    dead: usize,
+    held: usize,
+    next_retry_at: Option<DateTime<Utc>>,
+    more: bool,
+}
+
+impl CycleReport {
+    /// Shards locked by this cycle (0 on SQLite, which has no shard locks).
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+    /// Rows read for publishing.
+    pub fn claimed(&self) -> usize {
+        self.claimed
+    }
+    /// Rows the publisher confirmed, now marked published.
+    pub fn published(&self) -> usize {
+        self.published
+    }
+    /// Rows that failed and will be retried.
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+    /// Rows that failed for the last time (or were rejected) and are now dead.
+    pub fn dead(&self) -> usize {
+        self.dead
+    }
+    /// Rows left pending because an earlier event of their aggregate failed in the same batch.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+    /// The earliest retry this cycle scheduled.
+    pub fn next_retry_at(&self) -> Option<DateTime<Utc>> {
+        self.next_retry_at
+    }
+    /// Whether more work is likely waiting (a full batch): the run loop goes again at once.
+    pub fn has_more(&self) -> bool {
+        self.more
+    }
+}
+
+/// Totals of a relay's run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RelayStats {
+    cycles: u64,
+    published: u64,
+    failed: u64,
+    dead: u64,
+    errors: u64,
+}
+
+impl RelayStats {
+    /// Cycles run.
+    pub fn cycles(&self) -> u64 {
+        self.cycles
+    }
+    /// Rows published.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+    /// Failures scheduled for retry.
+    pub fn failed(&self) -> u64 {
+        self.failed
+    }
+    /// Rows dead-lettered.
+    pub fn dead(&self) -> u64 {
+        self.dead
+    }
+    /// Cycles that failed (database errors), logged and retried.
+    pub fn errors(&self) -> u64 {
+        self.errors
+    }
+
+    fn add(&mut self, report: &CycleReport) {
+        self.cycles += 1;
+        self.published += report.published as u64;
+        self.failed += report.failed as u64;
+        self.dead += report.dead as u64;
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Config {
+    batch_size: usize,
+    shards_per_claim: usize,
+    retry: RetryPolicy,
+    dead_letter_policy: DeadLetterPolicy,
+    idle_min: Duration,
+    idle_max: Duration,
+    fallback_poll: Duration,
+    instance_id: String,
+}
+
+/// Publishes outbox rows; see the [module documentation](self).
+pub struct Relay {
+    db: DatabaseConnection,
+    publisher: Arc<dyn Publisher>,
+    config: Config,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("instance_id", &self.config.instance_id)
+            .field("batch_size", &self.config.batch_size)
+            .field("shards_per_claim", &self.config.shards_per_claim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Relay`]; see [`Relay::builder`].
+#[must_use]
+pub struct RelayBuilder {
+    db: DatabaseConnection,
+    publisher: Arc<dyn Publisher>,
+    config: Config,
+}
+
+impl std::fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// Rows per batch (at least 1). Default 500.
+    pub fn batch_size(mut self, rows: usize) -> Self {
+        self.config.batch_size = rows.max(1);
+        self
+    }
+    /// Shards locked per cycle (1 to 64). Default 16, so up to four relays share the work.
+    pub fn shards_per_claim(mut self, shards: usize) -> Self {
+        self.config.shards_per_claim = shards.clamp(1, crate::schema::SHARDS as usize);
+        self
+    }
+    /// Backoff between failed attempts and the number of attempts before an event is dead.
+    /// Default: [`RetryPolicy::default`].
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.config.retry = policy;
+        self
+    }
+    /// Whether a dead event holds its aggregate's later events back. Default
+    /// [`DeadLetterPolicy::Block`].
+    pub fn dead_letter_policy(mut self, policy: DeadLetterPolicy) -> Self {
+        self.config.dead_letter_policy = policy;
+        self
+    }
+    /// Polling backoff while idle (no notifications): from `min`, doubling up to `max`.
+    /// Default 10 ms to 1 s.
+    pub fn idle_backoff(mut self, min: Duration, max: Duration) -> Self {
+        let min = min.max(Duration::from_millis(1));
+        self.config.idle_min = min;
+        self.config.idle_max = max.max(min);
+        self
+    }
+    /// PostgreSQL: how long to wait for a notification before looking anyway. Default 5 s.
+    pub fn fallback_poll(mut self, every: Duration) -> Self {
+        self.config.fallback_poll = every.max(Duration::from_millis(1));
+        self
+    }
+    /// The name written to `outbox_shard.owner`. Default: `relay-<pid>-<random>`.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.config.instance_id = id.into();
+        self
+    }
+    /// Finishes the relay.
+    pub fn build(self) -> Relay {
+        Relay {
+            db: self.db,
+            publisher: self.publisher,
+            config: self.config,
+        }
+    }
+}
+
+/// How often the `outbox_pending` gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
+/// The longest wait after a failed cycle.
+const MAX_ERROR_BACKOFF: Duration = Duration::from_secs(5);
+
+impl Relay {
+    /// Starts configuring a relay that reads `db` and publishes through `publisher`.
+    pub fn builder(db: DatabaseConnection, publisher: impl Publisher + 'static) -> RelayBuilder {
+        RelayBuilder {
+            db,
+            publisher: Arc::new(publisher),
+            config: Config {
+                batch_size: 500,
+                shards_per_claim: 16,
+                retry: RetryPolicy::default(),
+                dead_letter_policy: DeadLetterPolicy::Block,
+                idle_min: Duration::from_millis(10),
+                idle_max: Duration::from_secs(1),
+                fallback_poll: Duration::from_secs(5),
+                instance_id: format!("relay-{}-{:08x}", std::process::id(), fastrand::u32(..)),
+            },
+        }
+    }
+
+    /// This relay's instance id.
+    pub fn instance_id(&self) -> &str {
+        &self.config.instance_id
+    }
+
+    /// Runs one cycle: claim, read, publish, record, commit.
+    ///
+    /// # Errors
+    /// [`RelayError::Database`] when a statement fails; the cycle's transaction rolls back, so
+    /// rows published by it are published again later (at least once).
+    pub async fn run_once(&self) -> Result<CycleReport, RelayError> {
+        let span = tracing::debug_span!("outbox.relay.cycle", instance = %self.config.instance_id);
+        let report = cycle::run(self).instrument(span).await?;
+        if report.published > 0 {
+            metrics::counter!("outbox_relay_published_total").increment(report.published as u64);
+        }
+        if report.failed > 0 {
+            metrics::counter!("outbox_relay_retried_total").increment(report.failed as u64);
+        }
+        if report.dead > 0 {
+            metrics::counter!("outbox_relay_dead_lettered_total").increment(report.dead as u64);
+        }
+        if report.claimed > 0 {
+            tracing::debug!(
+                claimed = report.claimed,
+                published = report.published,
+                failed = report.failed,
+                dead = report.dead,
+                held = report.held,
+                "relay cycle"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Runs cycles until `shutdown` completes, then finishes the current batch and returns.
+    ///
+    /// Failed cycles (a lost connection, say) are logged and retried with a backoff; this never
+    /// gives up on its own.
+    ///
+    /// # Errors
+    /// None at present; the `Result` leaves room for fatal configuration errors.
+    pub async fn run_until(
+        &self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<RelayStats, RelayError> {
+        let mut shutdown = pin!(shutdown);
+        let mut stopping = false;
+        let mut stats = RelayStats::default();
+        let waker = match self.db.get_database_backend() {
+            DbBackend::Postgres => Some(wake::Listener::start(&self.db)),
+            _ => None,
+        };
+        let mut idle = self.config.idle_min;
+        let mut error_backoff = self.config.idle_min.max(Duration::from_millis(50));
+        let mut retry_due: Option<Instant> = None;
+        let mut gauges_at: Option<Instant> = None;
+        tracing::info!(instance = %self.config.instance_id, "outbox relay started");
+        loop {
+            let result = {
+                let mut cycle = pin!(self.run_once());
+                tokio::select! {
+                    result = &mut cycle => result,
+                    () = &mut shutdown, if !stopping => {
+                        stopping = true;
+                        cycle.await
+                    }
+                }
+            };
+            if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+                gauges_at = Some(Instant::now());
+                self.refresh_gauges().await;
+            }
+            let wait = match result {
+                Ok(report) => {
+                    stats.add(&report);
+                    error_backoff = self.config.idle_min.max(Duration::from_millis(50));
+                    if let Some(at) = report.next_retry_at {
+                        let in_ = (at - Utc::now()).to_std().unwrap_or_default();
+                        let due = Instant::now() + in_;
+                        retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
+                    }
+                    if report.more {
+                        if stopping {
+                            break;
+                        }
+                        continue;
+                    }
+                    if report.published > 0 || report.dead > 0 {
+                        idle = self.config.idle_min;
+                    } else {
+                        idle = (idle * 2).min(self.config.idle_max);
+                    }
+                    let listening = waker.as_ref().is_some_and(wake::Listener::is_listening);
+                    let mut wait = if listening {
+                        self.config.fallback_poll
+                    } else {
+                        idle
+                    };
+                    if let Some(due) = retry_due {
+                        let until = due.saturating_duration_since(Instant::now());
+                        if until <= wait {
+                            wait = until;
+                            retry_due = None;
+                        }
+                    }
+                    wait
+                }
+                Err(error) => {
+                    stats.errors += 1;
+                    tracing::warn!(
+                        instance = %self.config.instance_id,
+                        error = %sql::error_chain(&error),
+                        backoff_ms = error_backoff.as_millis() as u64,
+                        "outbox relay cycle failed; retrying"
+                    );
+                    let wait = error_backoff;
+                    error_backoff = (error_backoff * 2).min(MAX_ERROR_BACKOFF);
+                    wait
+                }
+            };
+            if stopping {
+                break;
+            }
+            let notified = async {
+                match &waker {
+                    Some(waker) => waker.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => stopping = true,
+                () = tokio::time::sleep(wait) => {}
+                () = notified => {}
+            }
+            if stopping {
+                break;
+            }
+        }
+        drop(waker);
+        tracing::info!(
+            instance = %self.config.instance_id,
+            published = stats.published,
+            "outbox relay stopped"
+        );
+        Ok(stats)
+    }
+
+    async fn refresh_gauges(&self) {
+        match admin::pending_stats(&self.db).await {
+            Ok((pending, oldest)) => {
+                metrics::gauge!("outbox_pending").set(pending as f64);
+                let age = oldest.map_or(0.0, |at| {
+                    (crate::time::now_micros() - at).max(0) as f64 / 1_000_000.0
+                });
+                metrics::gauge!("outbox_oldest_pending_age_seconds").set(age);
+            }
+            Err(error) => {
+                tracing::debug!(error = %sql::error_chain(&error), "refreshing outbox gauges failed");
+            }
+        }
+    }
+}
