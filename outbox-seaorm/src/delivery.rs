@@ -9,9 +9,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, RetryPolicy};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
-use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait,
-};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
 
 use crate::error::Error;
 use crate::outbox::Outbox;
@@ -436,7 +434,8 @@ impl DeliveryWorker {
             ));
         }
         if !claimed.is_empty() {
-            let until = now.saturating_add(i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX));
+            let until =
+                now.saturating_add(i64::try_from(self.lease.as_micros()).unwrap_or(i64::MAX));
             let mut which = Condition::any();
             for (event_id, handler) in &claimed {
                 which = which.add(
@@ -486,17 +485,16 @@ pub(crate) async fn load_envelope<C: ConnectionTrait>(
         return Ok(None);
     };
     let id: String = row.try_get_by_index(0)?;
-    let uuid = uuid::Uuid::parse_str(&id).map_err(|e| {
-        DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}"))
-    })?;
+    let uuid = uuid::Uuid::parse_str(&id)
+        .map_err(|e| DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}")))?;
     let metadata: Option<String> = row.try_get_by_index(7)?;
     let metadata = match metadata {
-        Some(json) => serde_json::from_str::<EventMetadata>(&json).map_err(|source| {
-            Error::Row {
+        Some(json) => {
+            serde_json::from_str::<EventMetadata>(&json).map_err(|source| Error::Row {
                 event_id: id.clone(),
                 source,
-            }
-        })?,
+            })?
+        }
         None => EventMetadata::default(),
     };
     let version: i32 = row.try_get_by_index(4)?;

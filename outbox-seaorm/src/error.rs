@@ -14,7 +14,11 @@ use sea_orm::{DbErr, RuntimeErr};
 pub enum Error {
     /// The database refused a statement, or the connection failed.
     #[error("database error")]
-    Database(#[from] #[source] DbErr),
+    Database(
+        #[from]
+        #[source]
+        DbErr,
+    ),
     /// A pending event could not be turned into an envelope (its payload does not serialize);
     /// nothing was written.
     #[error("event {index} of aggregate `{aggregate_type}` `{aggregate_id}` cannot be stored")]
@@ -58,10 +62,9 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(err) => db_err_is_retryable(err),
-            Error::Event { .. }
-            | Error::Row { .. }
-            | Error::NotFound { .. }
-            | Error::Aborted => false,
+            Error::Event { .. } | Error::Row { .. } | Error::NotFound { .. } | Error::Aborted => {
+                false
+            }
         }
     }
 }

@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{
-    AggregateRoot, Dispatcher, HandlerRegistry, RetryPolicy, SpawnDispatcher,
-};
+use outbox_core::{AggregateRoot, Dispatcher, HandlerRegistry, RetryPolicy, SpawnDispatcher};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, IntoActiveModel, ModelTrait,
     TransactionTrait,
@@ -101,7 +99,9 @@ impl OutboxBuilder {
         Outbox {
             inner: Arc::new(Inner {
                 db: self.db,
-                handlers: self.handlers.unwrap_or_else(HandlerRegistry::from_inventory),
+                handlers: self
+                    .handlers
+                    .unwrap_or_else(HandlerRegistry::from_inventory),
                 dispatcher: self.dispatcher,
                 retry: self.retry,
                 grace: self.grace,

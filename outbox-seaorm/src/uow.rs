@@ -91,7 +91,8 @@ impl<'a> UnitOfWork<'a> {
         }
         .await;
         let written = self.spoil(result)?;
-        self.enlisted.push((aggregate.pending_events_mut(), written));
+        self.enlisted
+            .push((aggregate.pending_events_mut(), written));
         Ok(())
     }
 
@@ -116,7 +117,8 @@ impl<'a> UnitOfWork<'a> {
         }
         .await;
         let written = self.spoil(result)?;
-        self.enlisted.push((aggregate.pending_events_mut(), written));
+        self.enlisted
+            .push((aggregate.pending_events_mut(), written));
         Ok(())
     }
 
@@ -132,7 +134,8 @@ impl<'a> UnitOfWork<'a> {
         self.check()?;
         let result = self.outbox.write(&self.txn, &*aggregate).await;
         let written = self.spoil(result)?;
-        self.enlisted.push((aggregate.pending_events_mut(), written));
+        self.enlisted
+            .push((aggregate.pending_events_mut(), written));
         Ok(())
     }
 

@@ -282,10 +282,12 @@ async fn insert_outbox_rows<C: ConnectionTrait>(
             let metadata = if e.metadata().is_empty() {
                 None
             } else {
-                Some(serde_json::to_string(e.metadata()).map_err(|source| Error::Row {
-                    event_id: e.id().to_string(),
-                    source,
-                })?)
+                Some(
+                    serde_json::to_string(e.metadata()).map_err(|source| Error::Row {
+                        event_id: e.id().to_string(),
+                        source,
+                    })?,
+                )
             };
             insert.values_panic([
                 Expr::val(e.id().to_string()),
