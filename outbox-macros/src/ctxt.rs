@@ -193,3 +193,15 @@ pub(crate) fn with_errors(err: syn::Error, tokens: TokenStream) -> TokenStream {
         #tokens
     }
 }
+
+/// The spans of the first and last tokens of `tokens` (syn's `new_spanned` trick): an expression
+/// whose first token has the first span and whose last token has the last span is reported over
+/// the whole of `tokens`, on stable Rust too.
+pub(crate) fn first_last_spans<T: ToTokens>(tokens: &T) -> (proc_macro2::Span, proc_macro2::Span) {
+    let mut iter = tokens.to_token_stream().into_iter();
+    let first = iter
+        .next()
+        .map_or_else(proc_macro2::Span::call_site, |t| t.span());
+    let last = iter.last().map_or(first, |t| t.span());
+    (first, last)
+}

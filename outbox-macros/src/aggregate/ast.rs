@@ -22,8 +22,8 @@ pub(crate) struct Field<'a> {
 impl<'a> Input<'a> {
     pub(crate) fn from_syn(cx: &Ctxt, input: &'a DeriveInput) -> Self {
         let attrs = attr::parse_type(cx, &input.attrs);
-        const SHAPE: &str = "`AggregateRoot` needs a struct with named fields, \
-                             to mark `#[aggregate(id)]` and `#[aggregate(events)]` on";
+        const SHAPE: &str = "`AggregateRoot` can only be derived for a struct with named fields \
+                             (two of them marked `#[aggregate(id)]` and `#[aggregate(events)]`)";
         let fields = match &input.data {
             Data::Struct(data) => match &data.fields {
                 Fields::Named(named) => Some(

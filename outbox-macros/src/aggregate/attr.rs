@@ -16,6 +16,8 @@ pub(crate) struct TypeAttrs {
 pub(crate) struct FieldAttrs {
     pub(crate) id: Option<Path>,
     pub(crate) events: Option<Path>,
+    /// Whether a key was not recognized (a typo of `id` would otherwise also report a missing id).
+    pub(crate) unknown: bool,
 }
 
 pub(crate) fn parse_type(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
@@ -49,6 +51,7 @@ pub(crate) fn parse_type(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
 pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut id = Slot::new(ATTR, "id");
     let mut events = Slot::new(ATTR, "events");
+    let mut unknown = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident(ATTR)) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("id") {
@@ -64,6 +67,7 @@ pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
                 );
                 ctxt::skip_value(&meta)?;
             } else {
+                unknown = true;
                 ctxt::unknown_key(cx, ATTR, &meta, &["id", "events"]);
                 ctxt::skip_value(&meta)?;
             }
@@ -76,5 +80,6 @@ pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     FieldAttrs {
         id: id.get(),
         events: events.get(),
+        unknown,
     }
 }

@@ -1,11 +1,12 @@
 //! The `AggregateRoot` impl.
 
+use proc_macro2::Ident;
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 
 use super::ast::Input;
 use super::valid::Checked;
+use crate::ctxt::first_last_spans;
 
 pub(crate) fn derive(input: &Input<'_>, checked: &Checked<'_, '_>) -> TokenStream {
     let ident = input.ident;
@@ -13,13 +14,20 @@ pub(crate) fn derive(input: &Input<'_>, checked: &Checked<'_, '_>) -> TokenStrea
     let name = input.name();
     let id = checked.id.ident;
     let events = checked.events.ident;
-    // Spanned at the field's type: a field that is not `DomainEvents` is reported there.
-    let span = checked.events.ty.span();
-    let events_ref = quote_spanned! {span=>
+    // Spanned over the field's type (first token to last): a field that is not `DomainEvents`,
+    // or an id that is not `Display`, is reported there, once.
+    let (first, last) = first_last_spans(checked.events.ty);
+    let events = Ident::new(&events.to_string(), last);
+    let events_ref = quote_spanned! {first=>
         ::outbox_core::__private::EventsField::events(&self.#events)
     };
-    let events_mut = quote_spanned! {span=>
+    let events_mut = quote_spanned! {first=>
         ::outbox_core::__private::EventsField::events_mut(&mut self.#events)
+    };
+    let (first, last) = first_last_spans(checked.id.ty);
+    let id = Ident::new(&id.to_string(), last);
+    let aggregate_id = quote_spanned! {first=>
+        ::outbox_core::__private::aggregate_id(&self.#id)
     };
     quote! {
         #[automatically_derived]
@@ -27,7 +35,7 @@ pub(crate) fn derive(input: &Input<'_>, checked: &Checked<'_, '_>) -> TokenStrea
             const AGGREGATE_TYPE: &'static str = #name;
 
             fn aggregate_id(&self) -> ::outbox_core::__private::String {
-                ::outbox_core::__private::aggregate_id(&self.#id)
+                #aggregate_id
             }
 
             fn pending_events(&self) -> &::outbox_core::__private::DomainEvents {

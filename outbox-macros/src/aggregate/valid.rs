@@ -50,7 +50,9 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
             }
         }
     }
-    if id.is_none() {
+    // After an unknown key on a field (a typo of `id`?), a missing field is not news.
+    let typo = fields.iter().any(|f| f.attrs.unknown);
+    if id.is_none() && !typo {
         cx.error_spanned_by(
             input.ident,
             format_args!(
@@ -59,7 +61,7 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
             ),
         );
     }
-    if events.is_none() {
+    if events.is_none() && !typo {
         cx.error_spanned_by(
             input.ident,
             format_args!(

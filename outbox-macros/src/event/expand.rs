@@ -17,6 +17,15 @@ pub(crate) fn derive(input: &Input<'_>) -> TokenStream {
         Some(topic) => quote!(::core::option::Option::Some(#topic)),
         None => quote!(::core::option::Option::None),
     };
+    // A generic event is a `DomainEvent` where its serde and thread-safety bounds hold, so the
+    // user does not repeat them in a where clause.
+    let predicates = where_clause.into_iter().flat_map(|w| w.predicates.iter());
+    let generic = input.generics.type_params().next().is_some();
+    let bound =
+        generic.then(|| quote!(#ident #ty_generics: ::outbox_core::__private::EventBounds,));
+    let where_clause = (generic || where_clause.is_some()).then(|| {
+        quote! { where #(#predicates,)* #bound }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics ::outbox_core::__private::DomainEvent for #ident #ty_generics #where_clause {

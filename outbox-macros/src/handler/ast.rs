@@ -7,8 +7,8 @@ use super::attr::{self, HandlerAttrs};
 use crate::ctxt::Ctxt;
 
 pub(crate) struct Input {
-    /// The function as it is emitted: as written, except that `&EventContext` in the context
-    /// parameter gets its anonymous lifetime, `&EventContext<'_>`, which an `async fn` needs.
+    /// The function as it is emitted: as written, except that `&EventContext` in the
+    /// parameters gets its anonymous lifetime, `&EventContext<'_>`, which an `async fn` needs.
     pub(crate) func: ItemFn,
     pub(crate) attrs: HandlerAttrs,
 }
@@ -16,8 +16,10 @@ pub(crate) struct Input {
 impl Input {
     pub(crate) fn from_syn(cx: &Ctxt, args: TokenStream, func: &ItemFn) -> Self {
         let mut func = func.clone();
-        if let Some(FnArg::Typed(ctx)) = func.sig.inputs.iter_mut().nth(1) {
-            fill_context_lifetime(&mut ctx.ty);
+        for arg in &mut func.sig.inputs {
+            if let FnArg::Typed(typed) = arg {
+                fill_context_lifetime(&mut typed.ty);
+            }
         }
         Input {
             func,

@@ -2,11 +2,11 @@
 
 use proc_macro2::{Ident, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::{Path, PathArguments};
 
 use super::ast::Input;
 use super::valid::Checked;
+use crate::ctxt::first_last_spans;
 
 /// The const `#[event_handler]` declares next to function `name`; `handler!` names it too.
 fn const_ident(name: &Ident) -> Ident {
@@ -25,24 +25,30 @@ pub(crate) fn event_handler(input: &Input, checked: &Checked<'_>) -> TokenStream
         None => quote!(::core::option::Option::None),
     };
 
-    // Each check is spanned at the user's tokens it is about, so a type error points there.
-    let event_span = event.span();
-    let assert_event = quote_spanned! {event_span=>
-        const _: () = ::outbox_core::__private::assert_domain_event::<#event>();
+    // Each use is spanned over the user's tokens it is about, so a type error points there. The
+    // uses of the event type are all in one body (the const's, the closure's is part of it), so
+    // rustc reports a type that is not a `DomainEvent` once, not once per use.
+    let (first, last) = first_last_spans(event);
+    let assert_event = quote_spanned! {first=>
+        ::outbox_core::__private::assert_domain_event::<#event>();
     };
-    let decode = quote_spanned! {event_span=>
+    let decode = quote_spanned! {first=>
         ::outbox_core::__private::decode::<#event>(envelope)
     };
     let meta = |item: &str| {
-        let item = Ident::new(item, event_span);
-        quote_spanned! {event_span=> <#event as ::outbox_core::__private::DomainEvent>::#item }
+        let item = Ident::new(item, last);
+        quote_spanned! {first=> <#event as ::outbox_core::__private::DomainEvent>::#item }
     };
     let (event_name, event_version, event_topic) = (meta("NAME"), meta("VERSION"), meta("TOPIC"));
-    let ctx = quote_spanned! {checked.context.span()=> ctx };
-    let output_span = checked.output.span();
-    let result = quote_spanned! {output_span=>
-        let result: ::outbox_core::__private::Result<(), ::outbox_core::__private::HandlerError> =
-            future.await;
+    // One token, so one span: the context type's last token (`EventContext`, `str`).
+    let ctx = Ident::new("ctx", first_last_spans(checked.context).1);
+    let result = {
+        let (first, last) = first_last_spans(checked.output);
+        let await_token = syn::token::Await(last);
+        quote_spanned! {first=>
+            let result: ::outbox_core::__private::Result<(), ::outbox_core::__private::HandlerError> =
+                future.#await_token;
+        }
     };
 
     quote! {
@@ -52,34 +58,25 @@ pub(crate) fn event_handler(input: &Input, checked: &Checked<'_>) -> TokenStream
         #[allow(non_upper_case_globals)]
         #vis const #konst: ::outbox_core::__private::Handler = {
             #assert_event
-
-            fn __outbox_call<'a>(
-                envelope: &'a ::outbox_core::__private::Envelope,
-                ctx: &'a ::outbox_core::__private::EventContext<'a>,
-            ) -> ::outbox_core::__private::BoxFuture<
-                'a,
-                ::outbox_core::__private::Result<(), ::outbox_core::__private::HandlerError>,
-            > {
-                ::outbox_core::__private::Box::pin(async move {
-                    let event = match #decode {
-                        ::outbox_core::__private::Result::Ok(event) => event,
-                        ::outbox_core::__private::Result::Err(err) => {
-                            return ::outbox_core::__private::Result::Err(err);
-                        }
-                    };
-                    let future = #name(&event, #ctx);
-                    #result
-                    result
-                })
-            }
-
             ::outbox_core::__private::Handler::new(
                 ::core::concat!(::core::module_path!(), "::", #name_str),
                 #event_name,
                 #event_version,
                 #event_topic,
                 #group,
-                __outbox_call,
+                |envelope, ctx| {
+                    ::outbox_core::__private::Box::pin(async move {
+                        let event = match #decode {
+                            ::outbox_core::__private::Result::Ok(event) => event,
+                            ::outbox_core::__private::Result::Err(err) => {
+                                return ::outbox_core::__private::Result::Err(err);
+                            }
+                        };
+                        let future = #name(&event, #ctx);
+                        #result
+                        result
+                    })
+                },
             )
         };
 

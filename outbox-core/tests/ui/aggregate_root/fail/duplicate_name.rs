@@ -1,0 +1,13 @@
+use outbox_core::{AggregateRoot, DomainEvents};
+
+#[derive(Debug, AggregateRoot)]
+#[aggregate(name = "Order")]
+#[aggregate(name = "Purchase")]
+struct Order {
+    #[aggregate(id)]
+    id: u64,
+    #[aggregate(events)]
+    events: DomainEvents,
+}
+
+fn main() {}

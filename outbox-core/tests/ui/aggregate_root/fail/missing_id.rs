@@ -1,0 +1,10 @@
+use outbox_core::{AggregateRoot, DomainEvents};
+
+#[derive(Debug, AggregateRoot)]
+struct Order {
+    id: u64,
+    #[aggregate(events)]
+    events: DomainEvents,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use outbox_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "")]
+struct OrderCreated {
+    order_id: u64,
+}
+
+fn main() {}

@@ -1,0 +1,15 @@
+use outbox_core::{DomainEvent, HandlerError, event_handler};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+struct OrderCreated {
+    order_id: u64,
+}
+
+#[event_handler]
+async fn send_confirmation(event: &OrderCreated) -> Result<(), HandlerError> {
+    let _ = event;
+    Ok(())
+}
+
+fn main() {}
