@@ -409,7 +409,7 @@ impl DeliveryWorker {
     async fn claim(&self, db: &DatabaseConnection) -> Result<Vec<(String, String)>, Error> {
         let backend = db.get_database_backend();
         let now = time::now_micros();
-        let txn = db.begin().await?;
+        let txn = crate::outbox::begin_write(db).await?;
         let mut select = Query::select()
             .columns([D::EventId, D::Handler])
             .from(D::Table)

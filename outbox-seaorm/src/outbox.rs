@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use outbox_core::{AggregateRoot, Dispatcher, HandlerRegistry, RetryPolicy, SpawnDispatcher};
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, IntoActiveModel, ModelTrait,
-    TransactionTrait,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    IntoActiveModel, ModelTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::delivery::dispatch_job;
@@ -161,7 +161,7 @@ impl Outbox {
         A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
-        let txn = self.inner.db.begin().await?;
+        let txn = begin_write(&self.inner.db).await?;
         upsert_model(&txn, &*aggregate).await?;
         let written = self.write(&txn, &*aggregate).await?;
         txn.commit().await?;
@@ -180,7 +180,7 @@ impl Outbox {
         A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
-        let txn = self.inner.db.begin().await?;
+        let txn = begin_write(&self.inner.db).await?;
         if !delete_model(&txn, &*aggregate).await? {
             return Err(Error::NotFound {
                 aggregate_type: A::AGGREGATE_TYPE,
@@ -199,7 +199,7 @@ impl Outbox {
     /// # Errors
     /// [`Error::Database`] when the transaction cannot begin.
     pub async fn begin<'a>(&self) -> Result<UnitOfWork<'a>, Error> {
-        let txn = self.inner.db.begin().await?;
+        let txn = begin_write(&self.inner.db).await?;
         Ok(UnitOfWork::new(self.clone(), txn))
     }
 
@@ -240,5 +240,20 @@ impl Outbox {
         }
         let job = dispatch_job(self.inner.db.clone(), self.inner.retry.clone(), written);
         self.inner.dispatcher.dispatch(job).await;
+    }
+}
+
+/// Begins a transaction that will write. On SQLite it starts `IMMEDIATE`, taking the write lock
+/// at once (waiting for the busy timeout): a deferred transaction that reads first fails at once
+/// with `SQLITE_BUSY` when it later writes after another connection's commit.
+pub(crate) async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        db.begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await
+    } else {
+        db.begin().await
     }
 }
