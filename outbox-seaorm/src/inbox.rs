@@ -145,12 +145,10 @@ impl Inbox {
         let ctx = with_transaction(EventContext::new(envelope, handler.id(), attempt), &txn);
         match handler.call(envelope, &ctx).await {
             Ok(()) => {
-                drop(ctx);
                 txn.commit().await.map_err(InboxError::Database)?;
                 Ok(Processed::Applied)
             }
             Err(error) => {
-                drop(ctx);
                 if let Err(rollback) = txn.rollback().await {
                     tracing::warn!(event_id = %envelope.id(), consumer, error = %rollback,
                         "rollback after a handler failure failed");

@@ -1,0 +1,542 @@
+//! [`KafkaConsumer`]: Kafka → a consumer group's handlers, exactly once per event.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use outbox_core::{Envelope, Handler, HandlerRegistry, RetryPolicy};
+use outbox_seaorm::inbox::{Inbox, InboxError, Processed};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use sea_orm::DatabaseConnection;
+
+use crate::admin::provision_topics;
+use crate::config::KafkaConfig;
+use crate::error::SetupError;
+use crate::headers::{self, MalformedMessage};
+
+/// Header names of a dead letter (besides the original headers, key and payload).
+pub mod dlt {
+    /// Why: `malformed:<kind>` (see [`crate::MalformedMessage::reason`]),
+    /// `handler-failed` or `handler-permanent`.
+    pub const REASON: &str = "dlt_reason";
+    /// The error, with its full chain of causes.
+    pub const ERROR: &str = "dlt_error";
+    /// How many attempts were made.
+    pub const ATTEMPTS: &str = "dlt_attempts";
+    /// The topic the message came from.
+    pub const ORIGINAL_TOPIC: &str = "dlt_original_topic";
+    /// Its partition.
+    pub const ORIGINAL_PARTITION: &str = "dlt_original_partition";
+    /// Its offset.
+    pub const ORIGINAL_OFFSET: &str = "dlt_original_offset";
+    /// The handler that failed, when one did.
+    pub const HANDLER: &str = "dlt_handler";
+    /// The consumer group.
+    pub const GROUP: &str = "dlt_group";
+}
+
+/// What a consumer did until it stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerStats {
+    /// Messages received.
+    pub messages: u64,
+    /// (message, handler) pairs applied.
+    pub applied: u64,
+    /// (message, handler) pairs skipped as already applied.
+    pub duplicates: u64,
+    /// Messages sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Handler attempts that failed and were retried.
+    pub retries: u64,
+}
+
+struct GroupContext {
+    group: String,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        // Offsets are committed after each message, so nothing is pending here.
+        tracing::info!(group = %self.group, ?rebalance, "rebalance");
+    }
+}
+
+/// Runs the handlers of one consumer group on the events of their topics.
+///
+/// For each message: the envelope is decoded from the headers and payload (see
+/// [`crate::headers`]); each handler of the group for the event runs through
+/// [`Inbox::process`] with consumer key `"<group>/<handler id>"` (so a redelivered event is
+/// skipped); a failing handler is retried with the [`RetryPolicy`] (default: 5 attempts, from
+/// 200 ms up to 10 s), then the message goes to `<topic><suffix>` (default suffix `.dlt`) with
+/// the [`dlt`] headers. A message that cannot be decoded, or whose event no handler of the
+/// group handles, goes there at once, and so does one whose handler fails with
+/// `HandlerError::permanent` (a payload that does not deserialize, for one). The offset is
+/// committed only once every handler's inbox transaction committed, or the dead letter was
+/// acknowledged. A database error is retried until it goes away (or shutdown): it never
+/// dead-letters.
+///
+/// Messages are processed one at a time, in order, so the order within a partition is kept.
+/// Keep the total retry time under `max.poll.interval.ms` (default 5 min), or the broker
+/// takes the partitions away and the message is processed again elsewhere (harmless: the inbox
+/// skips what was applied).
+///
+/// Inbox rows grow with every event; schedule `outbox_seaorm::cleanup` to delete old ones.
+pub struct KafkaConsumer {
+    consumer: StreamConsumer<GroupContext>,
+    producer: FutureProducer,
+    db: DatabaseConnection,
+    registry: HandlerRegistry,
+    group: String,
+    retry: RetryPolicy,
+    dlt_suffix: String,
+    topics: Vec<String>,
+}
+
+impl fmt::Debug for KafkaConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConsumer")
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`KafkaConsumer`]; see [`KafkaConsumer::builder`].
+#[must_use]
+pub struct KafkaConsumerBuilder {
+    config: KafkaConfig,
+    group: String,
+    db: DatabaseConnection,
+    registry: HandlerRegistry,
+    retry: RetryPolicy,
+    dlt_suffix: String,
+    topics: Vec<String>,
+    provision: Option<(i32, i32)>,
+}
+
+impl fmt::Debug for KafkaConsumerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConsumerBuilder")
+            .field("config", &self.config)
+            .field("group", &self.group)
+            .field("topics", &self.topics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaConsumerBuilder {
+    /// Sets librdkafka property `key` (consumer and dead-letter producer alike).
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config = self.config.set(key, value);
+        self
+    }
+    /// Sets the retry policy of failing handlers.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+    /// Sets the suffix of dead-letter topics (default `.dlt`).
+    pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
+        self.dlt_suffix = suffix.into();
+        self
+    }
+    /// Subscribes to `topics` too; needed for events whose type sets no topic.
+    pub fn topics<I, S>(mut self, topics: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.topics.extend(topics.into_iter().map(Into::into));
+        self
+    }
+    /// Creates the subscribed topics and their dead-letter topics at start when missing.
+    pub fn provision_topics(mut self, partitions: i32, replication: i32) -> Self {
+        self.provision = Some((partitions, replication));
+        self
+    }
+
+    /// Creates the consumer and subscribes.
+    ///
+    /// # Errors
+    /// [`SetupError::NoHandlers`] when the group has no handler, [`SetupError::NoTopic`] when
+    /// an event of the group has no topic and none was given, [`SetupError::Client`] for a bad
+    /// configuration, [`SetupError::CreateTopic`]/[`SetupError::Admin`] when provisioning fails.
+    pub async fn build(self) -> Result<KafkaConsumer, SetupError> {
+        let handlers: Vec<&Handler> = self.registry.group(&self.group).collect();
+        if handlers.is_empty() {
+            return Err(SetupError::NoHandlers { group: self.group });
+        }
+        let mut topics: BTreeSet<String> = self.topics.iter().cloned().collect();
+        for handler in &handlers {
+            match handler.topic() {
+                Some(topic) => {
+                    topics.insert(topic.to_owned());
+                }
+                None if self.topics.is_empty() => {
+                    return Err(SetupError::NoTopic {
+                        group: self.group.clone(),
+                        event: handler.event(),
+                        handler: handler.id(),
+                    });
+                }
+                None => {}
+            }
+        }
+        let topics: Vec<String> = topics.into_iter().collect();
+        if let Some((partitions, replication)) = self.provision {
+            let mut all: Vec<String> = topics.clone();
+            all.extend(topics.iter().map(|t| format!("{t}{}", self.dlt_suffix)));
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            provision_topics(&self.config, &all, partitions, replication).await?;
+        }
+        let producer: FutureProducer = self
+            .config
+            .clone()
+            .set_default("enable.idempotence", "true")
+            .set_default("acks", "all")
+            .set_default("message.timeout.ms", "30000")
+            .to_client_config()
+            .create()
+            .map_err(SetupError::Client)?;
+        let consumer_config = self
+            .config
+            .clone()
+            .set("group.id", self.group.clone())
+            .set("enable.auto.commit", "false")
+            .set_default("auto.offset.reset", "earliest")
+            .set_default("enable.partition.eof", "false");
+        let consumer: StreamConsumer<GroupContext> = consumer_config
+            .to_client_config()
+            .create_with_context(GroupContext {
+                group: self.group.clone(),
+            })
+            .map_err(SetupError::Client)?;
+        let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&names).map_err(SetupError::Client)?;
+        tracing::info!(group = %self.group, ?topics, config = ?consumer_config, "consumer subscribed");
+        Ok(KafkaConsumer {
+            consumer,
+            producer,
+            db: self.db,
+            registry: self.registry,
+            group: self.group,
+            retry: self.retry,
+            dlt_suffix: self.dlt_suffix,
+            topics,
+        })
+    }
+}
+
+enum Outcome {
+    Done,
+    DeadLetter {
+        reason: String,
+        error: String,
+        attempts: u32,
+        handler: Option<&'static str>,
+    },
+    Shutdown,
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
+
+impl KafkaConsumer {
+    /// Starts a consumer of group `group` on `brokers`, applying events through the inbox in
+    /// `db` with the group's handlers from `registry`.
+    pub fn builder(
+        brokers: impl Into<String>,
+        group: impl Into<String>,
+        db: DatabaseConnection,
+        registry: HandlerRegistry,
+    ) -> KafkaConsumerBuilder {
+        KafkaConsumerBuilder {
+            config: KafkaConfig::new(brokers),
+            group: group.into(),
+            db,
+            registry,
+            retry: RetryPolicy::default()
+                .with_max_attempts(5)
+                .with_initial_delay(Duration::from_millis(200))
+                .with_max_delay(Duration::from_secs(10)),
+            dlt_suffix: ".dlt".to_owned(),
+            topics: Vec::new(),
+            provision: None,
+        }
+    }
+
+    /// The topics subscribed to.
+    pub fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
+    /// Consumes until `shutdown` completes, then returns what was done. A message being retried
+    /// when shutdown comes is left uncommitted (it is delivered again later).
+    ///
+    /// # Errors
+    /// None so far: Kafka errors are logged and retried. The `Result` leaves room for fatal ones.
+    pub async fn run_until<F: Future<Output = ()>>(
+        &self,
+        shutdown: F,
+    ) -> Result<ConsumerStats, SetupError> {
+        let mut stats = ConsumerStats::default();
+        let mut done: HashMap<(String, i32), i64> = HashMap::new();
+        tokio::pin!(shutdown);
+        loop {
+            let message = tokio::select! {
+                () = &mut shutdown => break,
+                m = self.consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(error) => {
+                    tracing::warn!(group = %self.group, error = %error, "receive failed");
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(Duration::from_millis(100)) => continue,
+                    }
+                }
+            };
+            stats.messages += 1;
+            let outcome = self.handle(&message, &mut stats, &mut shutdown).await;
+            let committed = match outcome {
+                Outcome::Shutdown => break,
+                Outcome::Done => true,
+                Outcome::DeadLetter {
+                    reason,
+                    error,
+                    attempts,
+                    handler,
+                } => {
+                    let sent = self
+                        .dead_letter(&message, &reason, &error, attempts, handler, &mut shutdown)
+                        .await;
+                    if sent {
+                        stats.dead_lettered += 1;
+                        metrics::counter!("outbox_consumer_dead_lettered_total", "group" => self.group.clone()).increment(1);
+                    }
+                    sent
+                }
+            };
+            if !committed {
+                break;
+            }
+            done.insert(
+                (message.topic().to_owned(), message.partition()),
+                message.offset() + 1,
+            );
+            if let Err(error) = self.consumer.commit_message(&message, CommitMode::Async) {
+                tracing::warn!(group = %self.group, error = %error, "offset commit failed");
+            }
+        }
+        // Commit, synchronously, what was done, and only that: never the consumer's position,
+        // which may be past a message that was not processed.
+        if !done.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, partition), next) in &done {
+                if let Err(error) =
+                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                {
+                    tracing::warn!(group = %self.group, error = %error, "final commit skipped");
+                }
+            }
+            if let Err(error) = self.consumer.commit(&tpl, CommitMode::Sync) {
+                tracing::warn!(group = %self.group, error = %error, "final offset commit failed");
+            }
+        }
+        Ok(stats)
+    }
+
+    async fn handle<F: Future<Output = ()> + Unpin>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        stats: &mut ConsumerStats,
+        shutdown: &mut F,
+    ) -> Outcome {
+        let envelope = match headers::decode(message.headers(), message.payload(), message.topic())
+        {
+            Ok(e) => e,
+            Err(error) => return malformed(error),
+        };
+        let handlers: Vec<&Handler> = self
+            .registry
+            .in_group(&self.group, envelope.event_name())
+            .collect();
+        if handlers.is_empty() {
+            return malformed(MalformedMessage::UnknownEvent {
+                group: self.group.clone(),
+                event: envelope.event_name().to_owned(),
+            });
+        }
+        for handler in handlers {
+            match self.apply(handler, &envelope, stats, shutdown).await {
+                Outcome::Done => {}
+                other => return other,
+            }
+        }
+        Outcome::Done
+    }
+
+    async fn apply<F: Future<Output = ()> + Unpin>(
+        &self,
+        handler: &Handler,
+        envelope: &Envelope,
+        stats: &mut ConsumerStats,
+        shutdown: &mut F,
+    ) -> Outcome {
+        let consumer = format!("{}/{}", self.group, handler.id());
+        let mut attempt: u32 = 1;
+        let mut db_failures: u32 = 0;
+        loop {
+            let delay = match Inbox::process(&self.db, &consumer, handler, envelope, attempt).await
+            {
+                Ok(Processed::Applied) => {
+                    stats.applied += 1;
+                    metrics::counter!("outbox_consumer_applied_total", "group" => self.group.clone()).increment(1);
+                    return Outcome::Done;
+                }
+                Ok(_) => {
+                    stats.duplicates += 1;
+                    metrics::counter!("outbox_consumer_duplicates_total", "group" => self.group.clone()).increment(1);
+                    return Outcome::Done;
+                }
+                Err(error @ InboxError::Database(_)) => {
+                    db_failures += 1;
+                    tracing::warn!(group = %self.group, event_id = %envelope.id(),
+                        error = %chain(&error), "inbox database error; retrying");
+                    self.retry.delay_after(db_failures.min(20))
+                }
+                Err(error) => {
+                    let permanent = !error.is_retryable();
+                    if permanent || !self.retry.should_retry(attempt) {
+                        tracing::warn!(group = %self.group, event_id = %envelope.id(),
+                            handler = handler.id(), attempt, error = %chain(&error),
+                            "handler failed; dead-lettering");
+                        return Outcome::DeadLetter {
+                            reason: if permanent {
+                                "handler-permanent".to_owned()
+                            } else {
+                                "handler-failed".to_owned()
+                            },
+                            error: chain(&error),
+                            attempts: attempt,
+                            handler: Some(handler.id()),
+                        };
+                    }
+                    tracing::info!(group = %self.group, event_id = %envelope.id(),
+                        handler = handler.id(), attempt, error = %chain(&error), "handler failed; retrying");
+                    stats.retries += 1;
+                    let delay = self.retry.delay_after(attempt);
+                    attempt += 1;
+                    delay
+                }
+            };
+            tokio::select! {
+                () = &mut *shutdown => return Outcome::Shutdown,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Sends `message` to its dead-letter topic; returns whether the broker acknowledged it
+    /// (false only at shutdown: failures are retried).
+    async fn dead_letter<F: Future<Output = ()> + Unpin>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        reason: &str,
+        error: &str,
+        attempts: u32,
+        handler: Option<&'static str>,
+        shutdown: &mut F,
+    ) -> bool {
+        let topic = format!("{}{}", message.topic(), self.dlt_suffix);
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let attempts = attempts.to_string();
+        let mut failures = 0u32;
+        loop {
+            let mut out = OwnedHeaders::new();
+            if let Some(original) = message.headers() {
+                for h in original.iter() {
+                    out = out.insert(Header {
+                        key: h.key,
+                        value: h.value,
+                    });
+                }
+            }
+            let mut extra: Vec<(&str, &str)> = vec![
+                (dlt::REASON, reason),
+                (dlt::ERROR, error),
+                (dlt::ATTEMPTS, &attempts),
+                (dlt::ORIGINAL_TOPIC, message.topic()),
+                (dlt::ORIGINAL_PARTITION, &partition),
+                (dlt::ORIGINAL_OFFSET, &offset),
+                (dlt::GROUP, &self.group),
+            ];
+            if let Some(handler) = handler {
+                extra.push((dlt::HANDLER, handler));
+            }
+            for (key, value) in extra {
+                out = out.insert(Header {
+                    key,
+                    value: Some(value),
+                });
+            }
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&topic).headers(out);
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            let sent = tokio::select! {
+                () = &mut *shutdown => return false,
+                r = self.producer.send(record, Duration::from_secs(5)) => r,
+            };
+            match sent {
+                Ok(_) => {
+                    tracing::warn!(group = %self.group, topic = %topic, reason, error,
+                        "message dead-lettered");
+                    return true;
+                }
+                Err((kafka, _)) => {
+                    failures += 1;
+                    tracing::warn!(group = %self.group, topic = %topic, error = %kafka,
+                        "dead-letter produce failed; retrying");
+                    let delay = self.retry.delay_after(failures.min(20));
+                    tokio::select! {
+                        () = &mut *shutdown => return false,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn malformed(error: MalformedMessage) -> Outcome {
+    Outcome::DeadLetter {
+        reason: format!("malformed:{}", error.reason()),
+        error: error.to_string(),
+        attempts: 0,
+        handler: None,
+    }
+}

@@ -1,0 +1,336 @@
+//! [`KafkaPublisher`]: the relay's way to Kafka.
+
+use std::collections::{HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use outbox_core::{Envelope, PublishError, Publisher};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+
+use crate::admin::provision_topics;
+use crate::config::KafkaConfig;
+use crate::error::{DeliveryError, SetupError};
+use crate::headers;
+
+type Router = Arc<dyn Fn(&Envelope) -> String + Send + Sync>;
+
+/// The default topic of aggregate type `aggregate_type`: `prefix` followed by the type in
+/// kebab case, lower case: `"Order"` → `"order"`, `"OrderLine"` → `"order-line"`,
+/// `"order_line"` → `"order-line"`, `"HTTPRequest"` → `"httprequest"`.
+///
+/// A dash goes before an upper-case letter that follows a lower-case letter or a digit; `_`,
+/// spaces and dots become dashes.
+///
+/// ```
+/// assert_eq!(outbox_kafka::default_topic("", "Order"), "order");
+/// assert_eq!(outbox_kafka::default_topic("shop.", "OrderLine"), "shop.order-line");
+/// ```
+pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + aggregate_type.len() + 4);
+    out.push_str(prefix);
+    let mut prev_lower = false;
+    for c in aggregate_type.chars() {
+        if matches!(c, '_' | ' ' | '.' | '-') {
+            out.push('-');
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            out.push('-');
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+/// Publishes envelopes to Kafka with an idempotent producer.
+///
+/// * key: the aggregate id, so all events of an aggregate land in one partition, in order;
+/// * topic: the router's choice when one is set ([`KafkaPublisherBuilder::router`]), else the
+///   event type's topic ([`Envelope::topic`], from `#[event(topic = "...")]`), else
+///   [`default_topic`]`(prefix, aggregate type)`;
+/// * payload: the event's JSON; headers: see [`crate::headers`] (CloudEvents binary mode
+///   included);
+/// * a batch is produced in order without waiting, then every delivery report is awaited: an
+///   envelope is `Ok` only once the broker acknowledged it. Errors keep the Kafka error
+///   ([`DeliveryError`]) and are classified retryable or rejected.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), outbox_kafka::SetupError> {
+/// use outbox_kafka::KafkaPublisher;
+///
+/// let publisher = KafkaPublisher::builder("127.0.0.1:9092")
+///     .topic_prefix("shop.")
+///     .set("compression.type", "zstd")
+///     .build()?;
+/// publisher.provision_topics(&["shop.order"], 3, 1).await?;
+/// # Ok(()) }
+/// ```
+pub struct KafkaPublisher {
+    producer: FutureProducer,
+    config: KafkaConfig,
+    prefix: String,
+    router: Option<Router>,
+    source: Option<String>,
+    queue_timeout: Duration,
+    provision: Option<(i32, i32)>,
+    provisioned: Mutex<HashSet<String>>,
+}
+
+impl fmt::Debug for KafkaPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisher")
+            .field("config", &self.config)
+            .field("prefix", &self.prefix)
+            .field("router", &self.router.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`KafkaPublisher`]; see [`KafkaPublisher::builder`].
+#[must_use]
+pub struct KafkaPublisherBuilder {
+    config: KafkaConfig,
+    prefix: String,
+    router: Option<Router>,
+    source: Option<String>,
+    queue_timeout: Duration,
+    provision: Option<(i32, i32)>,
+}
+
+impl fmt::Debug for KafkaPublisherBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaPublisherBuilder")
+            .field("config", &self.config)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KafkaPublisher {
+    /// Starts a publisher for `brokers` (librdkafka's `bootstrap.servers`).
+    ///
+    /// Defaults: `enable.idempotence=true`, `acks=all`, `message.timeout.ms=30000`,
+    /// `linger.ms=5`; override any of them with [`KafkaPublisherBuilder::set`].
+    pub fn builder(brokers: impl Into<String>) -> KafkaPublisherBuilder {
+        KafkaPublisherBuilder {
+            config: KafkaConfig::new(brokers),
+            prefix: String::new(),
+            router: None,
+            source: None,
+            queue_timeout: Duration::from_secs(30),
+            provision: None,
+        }
+    }
+
+    /// The topic `envelope` is published to.
+    pub fn topic_for(&self, envelope: &Envelope) -> String {
+        if let Some(router) = &self.router {
+            return router(envelope);
+        }
+        match envelope.topic() {
+            Some(topic) => topic.to_owned(),
+            None => default_topic(&self.prefix, envelope.aggregate_type()),
+        }
+    }
+
+    /// Creates the `topics` that do not exist yet (see [`crate::provision_topics`]).
+    ///
+    /// # Errors
+    /// See [`crate::provision_topics`].
+    pub async fn provision_topics(
+        &self,
+        topics: &[&str],
+        partitions: i32,
+        replication: i32,
+    ) -> Result<(), SetupError> {
+        provision_topics(&self.config, topics, partitions, replication).await
+    }
+
+    fn source_for(&self, envelope: &Envelope) -> String {
+        match &self.source {
+            Some(source) => source.clone(),
+            None => format!("/outbox/{}", envelope.aggregate_type()),
+        }
+    }
+
+    async fn provision_new(&self, topics: &[String]) {
+        let Some((partitions, replication)) = self.provision else {
+            return;
+        };
+        let missing: Vec<&str> = {
+            let known = self.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+            let mut seen = HashSet::new();
+            topics
+                .iter()
+                .filter(|t| !known.contains(*t) && seen.insert(t.as_str()))
+                .map(String::as_str)
+                .collect()
+        };
+        if missing.is_empty() {
+            return;
+        }
+        match provision_topics(&self.config, &missing, partitions, replication).await {
+            Ok(()) => {
+                let mut known = self.provisioned.lock().unwrap_or_else(|p| p.into_inner());
+                known.extend(missing.iter().map(|t| (*t).to_owned()));
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "provisioning topics failed; publishing anyway");
+            }
+        }
+    }
+}
+
+impl KafkaPublisherBuilder {
+    /// Sets librdkafka property `key` (TLS, SASL, compression, timeouts, ...). Secret values are
+    /// never logged.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config = self.config.set(key, value);
+        self
+    }
+
+    /// Prefixes the default topic names (not the event types' own topics, nor the router's).
+    pub fn topic_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Routes every envelope with `router` instead of the default rules.
+    pub fn router(mut self, router: impl Fn(&Envelope) -> String + Send + Sync + 'static) -> Self {
+        self.router = Some(Arc::new(router));
+        self
+    }
+
+    /// Sets the CloudEvents `ce_source` of every message (default `/outbox/<aggregate type>`).
+    pub fn cloudevents_source(mut self, source: impl Into<String>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// How long to wait for room in a full local producer queue before failing (default 30 s).
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = timeout;
+        self
+    }
+
+    /// Creates each topic the first time the publisher sends to it (existing topics are left
+    /// alone), with `partitions` partitions and `replication` replicas.
+    pub fn provision_topics(mut self, partitions: i32, replication: i32) -> Self {
+        self.provision = Some((partitions, replication));
+        self
+    }
+
+    /// Creates the producer.
+    ///
+    /// # Errors
+    /// [`SetupError::Client`] when librdkafka refuses the configuration.
+    pub fn build(self) -> Result<KafkaPublisher, SetupError> {
+        let config = self
+            .config
+            .set_default("enable.idempotence", "true")
+            .set_default("acks", "all")
+            .set_default("message.timeout.ms", "30000")
+            .set_default("linger.ms", "5");
+        let producer: FutureProducer = config
+            .to_client_config()
+            .create()
+            .map_err(SetupError::Client)?;
+        tracing::debug!(config = ?config, "Kafka publisher created");
+        Ok(KafkaPublisher {
+            producer,
+            config,
+            prefix: self.prefix,
+            router: self.router,
+            source: self.source,
+            queue_timeout: self.queue_timeout,
+            provision: self.provision,
+            provisioned: Mutex::new(HashSet::new()),
+        })
+    }
+}
+
+fn failure(topic: &str, error: KafkaError) -> PublishError {
+    let error = DeliveryError::new(topic, error);
+    if error.is_retryable() {
+        PublishError::transient(error)
+    } else {
+        PublishError::rejected(error)
+    }
+}
+
+enum Slot {
+    Sent(usize, DeliveryFuture),
+    Failed(PublishError),
+}
+
+#[async_trait]
+impl Publisher for KafkaPublisher {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        let topics: Vec<String> = batch.iter().map(|e| self.topic_for(e)).collect();
+        self.provision_new(&topics).await;
+        let mut results: Vec<Option<Result<(), PublishError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
+        for (i, envelope) in batch.iter().enumerate() {
+            let source = self.source_for(envelope);
+            let mut record = FutureRecord::to(&topics[i])
+                .key(envelope.aggregate_id())
+                .payload(envelope.payload())
+                .headers(headers::encode(envelope, &source))
+                .timestamp(envelope.occurred_at().timestamp_millis());
+            let deadline = Instant::now() + self.queue_timeout;
+            let slot = loop {
+                match self.producer.send_result(record) {
+                    Ok(delivery) => break Slot::Sent(i, delivery),
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        record = back;
+                        // Make room by waiting for the oldest message in flight.
+                        match in_flight.pop_front() {
+                            Some((j, delivery)) => {
+                                results[j] = Some(settle(&topics[j], delivery.await));
+                            }
+                            None => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                    Err((error, _)) => break Slot::Failed(failure(&topics[i], error)),
+                }
+            };
+            match slot {
+                Slot::Sent(i, delivery) => in_flight.push_back((i, delivery)),
+                Slot::Failed(error) => {
+                    tracing::warn!(event_id = %envelope.id(), topic = %topics[i],
+                        error = %error, "could not enqueue event");
+                    results[i] = Some(Err(error));
+                }
+            }
+        }
+        for (i, delivery) in in_flight {
+            results[i] = Some(settle(&topics[i], delivery.await));
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(failure("", KafkaError::Canceled))))
+            .collect()
+    }
+}
+
+fn settle(
+    topic: &str,
+    report: Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
+) -> Result<(), PublishError> {
+    match report {
+        Ok(Ok(_delivery)) => Ok(()),
+        Ok(Err((error, _message))) => Err(failure(topic, error)),
+        Err(_) => Err(failure(topic, KafkaError::Canceled)),
+    }
+}
