@@ -1,2 +1,154 @@
-//! The relay as its own process (written once the relay engine lands).
-fn main() {}
+//! `outbox-relay`: publishes a database's outbox to Kafka until SIGINT or SIGTERM.
+//!
+//! ```text
+//! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
+//!     [--batch-size 500] [--topic-prefix shop.] [--kafka-config compression.type=zstd]... \
+//!     [--provision-topics]
+//! ```
+//!
+//! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration exits with
+//! code 2; on shutdown a one-line summary is printed.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use outbox_kafka::KafkaPublisher;
+use outbox_seaorm::Relay;
+
+/// Publishes the outbox table to Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "outbox-relay", version, about)]
+struct Args {
+    /// Database URL (postgres://, mysql://, sqlite://).
+    #[arg(long, env = "OUTBOX_DATABASE_URL")]
+    database_url: String,
+    /// Kafka bootstrap servers, comma-separated host:port.
+    #[arg(long, env = "OUTBOX_KAFKA_BROKERS")]
+    brokers: String,
+    /// Rows per relay batch.
+    #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
+    batch_size: usize,
+    /// Prefix of the default topic names.
+    #[arg(long, env = "OUTBOX_TOPIC_PREFIX", default_value = "")]
+    topic_prefix: String,
+    /// A librdkafka property, key=value (repeatable).
+    #[arg(long = "kafka-config", value_parser = parse_pair)]
+    kafka_config: Vec<(String, String)>,
+    /// Create each topic (3 partitions, replication 1) the first time it is published to.
+    #[arg(long, env = "OUTBOX_PROVISION_TOPICS")]
+    provision_topics: bool,
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.to_owned())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("outbox-relay: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> ExitCode {
+    if args.batch_size == 0 {
+        eprintln!("outbox-relay: --batch-size must be at least 1");
+        return ExitCode::from(2);
+    }
+    let mut builder = KafkaPublisher::builder(&args.brokers).topic_prefix(&args.topic_prefix);
+    for (k, v) in &args.kafka_config {
+        builder = builder.set(k, v);
+    }
+    if args.provision_topics {
+        builder = builder.provision_topics(3, 1);
+    }
+    let publisher = match builder.build() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("outbox-relay: bad Kafka configuration: {}", chain(&e));
+            return ExitCode::from(2);
+        }
+    };
+    let db = match sea_orm::Database::connect(&args.database_url).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!(
+                "outbox-relay: cannot connect to the database: {}",
+                chain(&e)
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let relay = Relay::builder(db, publisher)
+        .batch_size(args.batch_size)
+        .build();
+    let started = Instant::now();
+    match relay.run_until(shutdown_signal()).await {
+        Ok(stats) => {
+            println!(
+                "outbox-relay: published {}, retried {}, dead-lettered {}, elapsed {:.1}s",
+                stats.published(),
+                stats.failed(),
+                stats.dead(),
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("outbox-relay: {}", chain(&e));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
+}
