@@ -80,7 +80,13 @@ fn seaorm_model_registers_events_under_its_aggregate_name() {
     let names: Vec<_> = pending.iter().map(|e| (e.name(), e.version())).collect();
     assert_eq!(names, [("OrderPlaced", 2), ("OrderShipped", 1)]);
     let placed: Vec<_> = order.pending_events().of_type::<Placed>().collect();
-    assert_eq!(placed, [&Placed { order_id: order.id, amount_cents: 1250 }]);
+    assert_eq!(
+        placed,
+        [&Placed {
+            order_id: order.id,
+            amount_cents: 1250
+        }]
+    );
 
     let envelope = pending[0]
         .to_envelope(order::Model::AGGREGATE_TYPE, &order.aggregate_id(), 1)
@@ -88,7 +94,10 @@ fn seaorm_model_registers_events_under_its_aggregate_name() {
     assert_eq!(envelope.aggregate_type(), "Order");
     assert_eq!(envelope.aggregate_id(), order.id.to_string());
     assert_eq!(envelope.topic(), Some("orders"));
-    assert_eq!(envelope.decode::<Placed>().expect("decode").amount_cents, 1250);
+    assert_eq!(
+        envelope.decode::<Placed>().expect("decode").amount_cents,
+        1250
+    );
 
     // Clone and PartialEq of the model still work with the events field in it.
     let copy = order.clone();
@@ -156,7 +165,10 @@ fn generic_plain_struct() {
         id: "acct-7",
     };
     ledger.register_event(EntryBooked { cents: 5 });
-    assert_eq!(<Ledger<&str, i64> as AggregateRoot>::AGGREGATE_TYPE, "Ledger");
+    assert_eq!(
+        <Ledger<&str, i64> as AggregateRoot>::AGGREGATE_TYPE,
+        "Ledger"
+    );
     assert_eq!(ledger.aggregate_id(), "acct-7");
     assert_eq!(ledger.pending_events().len(), 1);
     assert_eq!(ledger.pending_events().as_slice()[0].name(), "EntryBooked");
@@ -173,7 +185,9 @@ fn generic_plain_struct() {
 #[event_handler(group = "shipping-service")]
 async fn on_placed(event: &Placed, ctx: &EventContext) -> Result<(), HandlerError> {
     if event.amount_cents < 0 {
-        return Err(HandlerError::permanent(std::io::Error::other("negative amount")));
+        return Err(HandlerError::permanent(std::io::Error::other(
+            "negative amount",
+        )));
     }
     assert_eq!(ctx.aggregate_id(), event.order_id.to_string());
     Ok(())
@@ -182,14 +196,18 @@ async fn on_placed(event: &Placed, ctx: &EventContext) -> Result<(), HandlerErro
 #[tokio::test]
 async fn handlers_register_and_run() {
     let from_inventory = HandlerRegistry::from_inventory();
-    let found: Vec<_> = from_inventory.in_group("shipping-service", "OrderPlaced").collect();
+    let found: Vec<_> = from_inventory
+        .in_group("shipping-service", "OrderPlaced")
+        .collect();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id(), concat!(module_path!(), "::on_placed"));
     assert_eq!(found[0].event_version(), 2);
     assert_eq!(found[0].topic(), Some("orders"));
 
     let explicit = HandlerRegistry::new().with(handler!(on_placed));
-    let handler = explicit.get(found[0].id(), Some("shipping-service")).expect("handler");
+    let handler = explicit
+        .get(found[0].id(), Some("shipping-service"))
+        .expect("handler");
 
     let mut order = order::Model::place(100);
     let envelope = order.take_events().as_slice()[0]
@@ -203,5 +221,8 @@ async fn handlers_register_and_run() {
         .build();
     let ctx = EventContext::new(&bad, handler.id(), 1);
     let err = handler.call(&bad, &ctx).await.expect_err("bad payload");
-    assert!(!err.is_retryable(), "a payload that does not decode is permanent");
+    assert!(
+        !err.is_retryable(),
+        "a payload that does not decode is permanent"
+    );
 }

@@ -8,10 +8,13 @@ use crate::words;
 
 pub(crate) fn check(cx: &Ctxt, input: &Input<'_>) {
     check_version(cx, input);
-    if let Some(topic) = &input.attrs.topic {
-        if topic.value().trim().is_empty() {
-            cx.error_spanned_by(topic, "the event topic must not be empty; remove `topic` to publish to the aggregate's topic");
-        }
+    if let Some(topic) = &input.attrs.topic
+        && topic.value().trim().is_empty()
+    {
+        cx.error_spanned_by(
+            topic,
+            "the event topic must not be empty; remove `topic` to publish to the aggregate's topic",
+        );
     }
     check_name(cx, input);
 }

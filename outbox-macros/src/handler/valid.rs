@@ -21,13 +21,13 @@ pub(crate) struct Checked<'a> {
 
 pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input) -> Option<Checked<'a>> {
     let sig = &input.func.sig;
-    if let Some(group) = &input.attrs.group {
-        if group.value().trim().is_empty() {
-            cx.error_spanned_by(
-                group,
-                "the consumer group must not be empty; remove `group` for an in-process handler",
-            );
-        }
+    if let Some(group) = &input.attrs.group
+        && group.value().trim().is_empty()
+    {
+        cx.error_spanned_by(
+            group,
+            "the consumer group must not be empty; remove `group` for an in-process handler",
+        );
     }
     if sig.asyncness.is_none() {
         cx.error_spanned_by(
@@ -98,7 +98,7 @@ pub(crate) fn check<'a>(cx: &Ctxt, input: &'a Input) -> Option<Checked<'a>> {
     });
     Some(Checked {
         event: event?,
-        context: &*typed.get(1)?.ty,
+        context: &typed.get(1)?.ty,
         output: output?,
     })
 }
