@@ -4,7 +4,9 @@ use std::fmt;
 use std::ops::Deref;
 
 use outbox_core::{AggregateRoot, DomainEvents};
-use sea_orm::{ActiveModelTrait, DatabaseTransaction, IntoActiveModel, ModelTrait};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, IntoActiveModel, ModelTrait,
+};
 
 use crate::error::Error;
 use crate::outbox::Outbox;
@@ -154,6 +156,15 @@ impl<'a> UnitOfWork<'a> {
         if aborted {
             txn.rollback().await?;
             return Err(Error::Aborted);
+        }
+        // PostgreSQL answers COMMIT of a transaction that a failed statement aborted with a
+        // silent ROLLBACK. A caller who ignored the failure of their own statement would then
+        // lose the events from memory without them being stored: probe the transaction first.
+        if txn.get_database_backend() == DbBackend::Postgres {
+            if let Err(probe) = txn.execute_unprepared("SELECT 1").await {
+                let _ = txn.rollback().await;
+                return Err(Error::Database(probe));
+            }
         }
         txn.commit().await?;
         let mut all = Written::empty();

@@ -572,7 +572,56 @@ async fn concurrent_saves_of_one_aggregate(t: TestDb) {
     assert_eq!(stored, expected, "every event stored once");
 }
 
+/// A caller who ignores the failure of their own statement and commits anyway: the events are
+/// either stored (MariaDB and SQLite keep the transaction alive) or kept in memory with an error
+/// (PostgreSQL aborts the transaction), never dropped from memory unstored.
+async fn commit_after_an_ignored_failure_never_loses_events(t: TestDb) {
+    let outbox = setup(&t).await;
+    let backend = t.db.get_database_backend();
+    let mut first = new_order("ig-1", 1);
+    outbox.save(&mut first).await.expect("first save");
+
+    let mut d = new_order("ig-2", 2);
+    let mut uow = outbox.begin().await.expect("begin");
+    uow.save(&mut d).await.expect("save d");
+    let failed = uow
+        .execute_raw(stmt(
+            backend,
+            "INSERT INTO orders (id, status, amount) VALUES (?, ?, ?)",
+            vec!["ig-1".into(), "DUP".into(), 0i64.into()],
+        ))
+        .await;
+    assert!(failed.is_err(), "duplicate key must fail");
+    let committed = uow.commit().await;
+    let stored = count(
+        &t.db,
+        "SELECT COUNT(*) FROM outbox WHERE aggregateid = 'ig-2'",
+        vec![],
+    )
+    .await;
+    match committed {
+        Ok(()) => {
+            assert_eq!(
+                stored, 1,
+                "commit reported success, so the event must be stored"
+            );
+            assert!(d.events.is_empty());
+        }
+        Err(e) => {
+            assert_eq!(stored, 0, "commit failed ({e}), so nothing may be stored");
+            assert_eq!(d.events.len(), 1, "the events stay with the aggregate");
+        }
+    }
+    if backend == sea_orm::DbBackend::Postgres {
+        assert_eq!(
+            stored, 0,
+            "PostgreSQL aborts the transaction after a failed statement"
+        );
+    }
+}
+
 db_tests!(
+    commit_after_an_ignored_failure_never_loses_events,
     insert_then_update_with_ordered_sequences,
     composite_key_upserts,
     delete_writes_its_events,
