@@ -160,11 +160,11 @@ impl<'a> UnitOfWork<'a> {
         // PostgreSQL answers COMMIT of a transaction that a failed statement aborted with a
         // silent ROLLBACK. A caller who ignored the failure of their own statement would then
         // lose the events from memory without them being stored: probe the transaction first.
-        if txn.get_database_backend() == DbBackend::Postgres {
-            if let Err(probe) = txn.execute_unprepared("SELECT 1").await {
-                let _ = txn.rollback().await;
-                return Err(Error::Database(probe));
-            }
+        if txn.get_database_backend() == DbBackend::Postgres
+            && let Err(probe) = txn.execute_unprepared("SELECT 1").await
+        {
+            let _ = txn.rollback().await;
+            return Err(Error::Database(probe));
         }
         txn.commit().await?;
         let mut all = Written::empty();
