@@ -1,0 +1,133 @@
+//! The Inventory service: reserves the items of each new order from its own stock, or rejects
+//! the order when the stock is short.
+
+use std::time::Duration;
+
+use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
+use outbox_core::{HandlerRegistry, event_handler};
+use outbox_seaorm::{TransactionExt, write_events};
+use sea_orm::ActiveValue::Set;
+use sea_orm::entity::prelude::*;
+use sea_orm::sea_query::ExprTrait;
+use serde::{Deserialize, Serialize};
+
+use crate::order::OrderCreated;
+use crate::report::{self, Step};
+
+/// The consumer group of the inventory service.
+pub const GROUP: &str = "inventory-service";
+
+/// The items are set aside for the order.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "InventoryReserved", version = 1, topic = "ddd.inventory")]
+pub struct InventoryReserved {
+    pub order_id: Uuid,
+    pub sku: String,
+    pub quantity: i32,
+}
+
+/// The items could not be reserved.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "InventoryRejected", version = 1, topic = "ddd.inventory")]
+pub struct InventoryRejected {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+/// A reservation, one per order: the aggregate of this service.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
+#[sea_orm(table_name = "reservations")]
+#[aggregate(name = "Reservation")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    #[aggregate(id)]
+    pub order_id: Uuid,
+    pub sku: String,
+    pub quantity: i32,
+    /// `RESERVED` or `REJECTED`.
+    pub status: String,
+    #[sea_orm(ignore)]
+    #[aggregate(events)]
+    pub events: DomainEvents,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Stock on hand per SKU: this service's own state.
+pub mod stock {
+    use sea_orm::entity::prelude::*;
+
+    /// Items of `sku` on hand.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "stock")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub sku: String,
+        pub on_hand: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The SKUs the example sells; the last one is out of stock (its orders are rejected).
+pub const SKUS: [&str; 4] = ["book", "lamp", "mug", "kite"];
+/// The SKU seeded with no stock.
+pub const SOLD_OUT: &str = "kite";
+
+/// Applied once per `OrderCreated`: the stock update, the reservation row, its reply event in
+/// this service's outbox and the inbox record commit in one transaction.
+#[event_handler(group = "inventory-service")]
+async fn reserve_items(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    // A conditional decrement: two orders cannot both take the last item.
+    let taken = stock::Entity::update_many()
+        .col_expr(
+            stock::Column::OnHand,
+            Expr::col(stock::Column::OnHand).sub(i64::from(event.quantity)),
+        )
+        .filter(stock::Column::Sku.eq(event.sku.clone()))
+        .filter(stock::Column::OnHand.gte(i64::from(event.quantity)))
+        .exec(txn)
+        .await?
+        .rows_affected
+        == 1;
+    let mut reservation = Model {
+        order_id: event.order_id,
+        sku: event.sku.clone(),
+        quantity: event.quantity,
+        status: if taken { "RESERVED" } else { "REJECTED" }.to_owned(),
+        events: DomainEvents::new(),
+    };
+    if taken {
+        reservation.register_event(InventoryReserved {
+            order_id: event.order_id,
+            sku: event.sku.clone(),
+            quantity: event.quantity,
+        });
+    } else {
+        reservation.register_event(InventoryRejected {
+            order_id: event.order_id,
+            reason: format!("{} x{} out of stock", event.sku, event.quantity),
+        });
+    }
+    ActiveModel {
+        order_id: Set(reservation.order_id),
+        sku: Set(reservation.sku.clone()),
+        quantity: Set(reservation.quantity),
+        status: Set(reservation.status.clone()),
+    }
+    .insert(txn)
+    .await?;
+    // No in-process handler here, so no after-commit work to hand on (`Written` is dropped).
+    let _written = write_events(txn, &reservation, &HandlerRegistry::new(), Duration::ZERO).await?;
+    for e in reservation.pending_events().as_slice() {
+        report::step(event.order_id, Step::new(GROUP, e.name()));
+    }
+    Ok(())
+}

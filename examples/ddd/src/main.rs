@@ -1,0 +1,563 @@
+//! The DDD example: an order service, a payment service and an inventory service, each with its
+//! own database and its own outbox, talking only through Kafka (a choreographed saga).
+//!
+//! ```text
+//! cargo run --release -p ddd                      # embedded: SQLite files + mock Kafka cluster
+//! cargo run --release -p ddd -- --orders 2000     # a progress bar, then the summary
+//! cargo run --release -p ddd -- --chaos           # kill/restart relays and consumers, duplicates
+//! cargo run --release -p ddd -- --database-url postgres://postgres@127.0.0.1:5432/test \
+//!                               --brokers 127.0.0.1:9092
+//! ```
+//!
+//! `order.rs`, `payment.rs` and `inventory.rs` hold each service's aggregate, events and
+//! handlers; `runtime.rs` the wiring; `report.rs` what is printed. The run ends with self-checks
+//! against the databases and exits non-zero when one fails.
+
+// A binary: its modules are written like a service's own crate, with `pub` items.
+#![allow(unreachable_pub)]
+
+mod inventory;
+mod order;
+mod payment;
+mod report;
+mod runtime;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressStyle};
+use outbox_core::HandlerRegistry;
+use sea_orm::DatabaseConnection;
+use tokio::sync::watch;
+
+use report::{Check, Counters};
+use runtime::{BoxError, Kafka, Service, Store, count};
+
+/// Order, payment and inventory services over Kafka, each with its own database and outbox.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// How many orders to place.
+    #[arg(long, env = "DDD_ORDERS", default_value_t = 20)]
+    orders: usize,
+    /// A PostgreSQL or MariaDB server URL (`postgres://postgres@127.0.0.1:5432/test`); the example
+    /// drops and creates one database per service on it (`ddd_order`, `ddd_payment`,
+    /// `ddd_inventory`). Default: SQLite files in `--data-dir`.
+    #[arg(long, env = "DDD_DATABASE_URL")]
+    database_url: Option<String>,
+    /// A Kafka broker (`127.0.0.1:9092`). Default: librdkafka's in-process mock cluster.
+    #[arg(long, env = "DDD_BROKERS")]
+    brokers: Option<String>,
+    /// Kill and restart the relays and a consumer mid-run, and inject duplicate deliveries.
+    #[arg(long, env = "DDD_CHAOS")]
+    chaos: bool,
+    /// Seed of the generated orders (default: random); the same seed gives the same orders.
+    #[arg(long, env = "DDD_SEED")]
+    seed: Option<u64>,
+    /// Print only the summary and the checks.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Where the embedded SQLite files go (recreated per run).
+    #[arg(long, env = "DDD_DATA_DIR", default_value = "target/ddd-data")]
+    data_dir: PathBuf,
+    /// How long to wait for every order to reach a final state.
+    #[arg(long, env = "DDD_TIMEOUT_SECS", default_value_t = 120)]
+    timeout_secs: u64,
+}
+
+/// An order to place, and what the rules say must become of it.
+struct Planned {
+    customer: &'static str,
+    amount_cents: i64,
+    sku: &'static str,
+    quantity: i32,
+}
+
+impl Planned {
+    fn declined(&self) -> bool {
+        payment::LIMITS
+            .iter()
+            .find(|(c, _)| *c == self.customer)
+            .is_none_or(|(_, limit)| self.amount_cents > *limit)
+    }
+    fn rejected(&self) -> bool {
+        self.sku == inventory::SOLD_OUT
+    }
+}
+
+fn plan(orders: usize, seed: u64) -> Vec<Planned> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    (0..orders)
+        .map(|_| Planned {
+            customer: payment::LIMITS[rng.usize(..payment::LIMITS.len())].0,
+            amount_cents: rng.i64(100..=12_000),
+            sku: inventory::SKUS[rng.usize(..inventory::SKUS.len())],
+            quantity: rng.i32(1..=3),
+        })
+        .collect()
+}
+
+/// How many orders' flows are printed.
+const FOLLOWED: usize = 3;
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 4)]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(args).await {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The three services and the cluster, until the run is over.
+struct World {
+    order: Service,
+    payment: Service,
+    inventory: Service,
+}
+
+impl World {
+    fn services(&mut self) -> [&mut Service; 3] {
+        [&mut self.order, &mut self.payment, &mut self.inventory]
+    }
+}
+
+async fn run(args: Args) -> Result<bool, BoxError> {
+    let counters = Counters::install().ok_or("a metrics recorder is installed already")?;
+    let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let say = |line: String| {
+        if !args.quiet {
+            println!("{line}");
+        }
+    };
+    let store = match &args.database_url {
+        Some(url) => Store::Server(url.clone()),
+        None => Store::Sqlite(runtime::fresh_dir(&args.data_dir)?),
+    };
+    let kafka = Kafka::start(args.brokers.clone())?;
+    say(format!(
+        "ddd example: {} orders, seed {seed}{}",
+        args.orders,
+        if args.chaos { ", chaos mode" } else { "" }
+    ));
+    say(format!("  databases: {}", store.describe()));
+    say(format!("  kafka:     {}", kafka.describe()));
+    if args.database_url.is_none() || kafka.is_mock() {
+        say("  (embedded defaults; see --database-url and --brokers for real servers)".into());
+    }
+
+    // Kafka: topics first (many brokers do not create them on use), and where this run starts.
+    kafka.provision().await?;
+    let start = kafka.end_offsets()?;
+    if !kafka.is_mock() {
+        kafka.skip_earlier_runs(&start);
+    }
+
+    // Each service: its own database with the outbox tables and its own tables.
+    let (order_db, _) = store.open("order").await?;
+    runtime::create_order_tables(&order_db).await?;
+    let (payment_db, _) = store.open("payment").await?;
+    runtime::create_payment_tables(&payment_db).await?;
+    let (inventory_db, _) = store.open("inventory").await?;
+    let stock = i64::try_from(args.orders.max(1) * 3).unwrap_or(i64::MAX);
+    runtime::create_inventory_tables(&inventory_db, stock).await?;
+
+    let (stop, stopping) = watch::channel(false);
+    let brokers = kafka.brokers().to_owned();
+    let mut world = World {
+        order: Service::new(
+            "order",
+            order::GROUP,
+            order_db.clone(),
+            order::local_handlers(),
+            &brokers,
+            stopping.clone(),
+        ),
+        payment: Service::new(
+            "payment",
+            payment::GROUP,
+            payment_db.clone(),
+            HandlerRegistry::new(),
+            &brokers,
+            stopping.clone(),
+        ),
+        inventory: Service::new(
+            "inventory",
+            inventory::GROUP,
+            inventory_db.clone(),
+            HandlerRegistry::new(),
+            &brokers,
+            stopping.clone(),
+        ),
+    };
+    for service in world.services() {
+        service.start();
+    }
+
+    let planned = plan(args.orders, seed);
+    let bar = if args.quiet || args.orders <= 50 {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(args.orders as u64).with_style(
+            ProgressStyle::with_template(
+                "  {bar:40.cyan/blue} {pos}/{len} orders final  {per_sec}  eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        )
+    };
+    let print = {
+        let bar = bar.clone();
+        let quiet = args.quiet;
+        move |line: String| {
+            if !quiet {
+                bar.suspend(|| println!("{line}"));
+            }
+        }
+    };
+    print(format!(
+        "\nevent flow of the first {} orders:",
+        FOLLOWED.min(args.orders)
+    ));
+    let monitor = tokio::spawn(monitor(order_db.clone(), bar.clone(), print.clone()));
+
+    // Place the orders; in chaos mode, break things at a quarter, half and three quarters.
+    let began = Instant::now();
+    let mut injected: HashMap<String, usize> = HashMap::new();
+    let chaos_at: Vec<usize> = if args.chaos {
+        vec![args.orders / 4, args.orders / 2, args.orders * 3 / 4]
+    } else {
+        Vec::new()
+    };
+    for (i, p) in planned.iter().enumerate() {
+        for (round, _) in chaos_at.iter().enumerate().filter(|(_, at)| **at == i) {
+            chaos_round(&mut world, &kafka, &start, round, &mut injected, &print).await?;
+        }
+        let mut order = order::Model::place(p.customer, p.amount_cents, p.sku, p.quantity);
+        if i < FOLLOWED {
+            report::follow(
+                order.id,
+                format!(
+                    "  order {}  {} {} x{} for {}",
+                    report::short(order.id),
+                    p.customer,
+                    p.sku,
+                    p.quantity,
+                    report::money(p.amount_cents)
+                ),
+            );
+            report::step(order.id, report::Step::new("order-service", "OrderCreated"));
+        }
+        world.order.outbox.save(&mut order).await?;
+    }
+
+    // Wait until every order is final, every outbox drained and every reply consumed.
+    let n = i64::try_from(args.orders).unwrap_or(i64::MAX);
+    let expected_dups = expected_duplicates(&injected);
+    let deadline = began + Duration::from_secs(args.timeout_secs);
+    let settled = loop {
+        let done = settled(&world, n).await?
+            && counters.get("outbox_consumer_duplicates_total") >= expected_dups;
+        if done {
+            break true;
+        }
+        if Instant::now() >= deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let elapsed = began.elapsed();
+    monitor.abort();
+    let _ = monitor.await;
+    let final_orders = count(
+        &order_db,
+        "SELECT COUNT(*) FROM orders WHERE status <> 'PENDING'",
+    )
+    .await?;
+    bar.set_position(u64::try_from(final_orders).unwrap_or(0));
+    bar.finish_and_clear();
+    for flow in report::take_finished(|_| true, true) {
+        print(flow);
+    }
+
+    let _ = stop.send(true);
+    for service in world.services() {
+        service.join(Duration::from_secs(15)).await;
+    }
+
+    let mut checks = Vec::new();
+    if !settled {
+        checks.push(Check::new(
+            false,
+            format!(
+                "the run settled within {} s (every order final, outboxes drained, replies consumed)",
+                args.timeout_secs
+            ),
+        ));
+    }
+    let summary = summarize(
+        &world,
+        &planned,
+        &counters,
+        elapsed,
+        expected_dups,
+        &mut checks,
+    )
+    .await?;
+    println!("\n{summary}");
+    println!("checks (against the three databases):");
+    print!("{}", report::render_checks(&checks));
+    let ok = checks.iter().all(|c| c.ok);
+    if ok {
+        println!("all checks passed");
+    } else {
+        println!(
+            "SOME CHECKS FAILED: {} of {}",
+            checks.iter().filter(|c| !c.ok).count(),
+            checks.len()
+        );
+    }
+    Ok(ok)
+}
+
+/// Updates the progress bar and prints the flows of followed orders as they complete.
+async fn monitor(db: DatabaseConnection, bar: ProgressBar, print: impl Fn(String)) {
+    loop {
+        if let Ok(done) = count(&db, "SELECT COUNT(*) FROM orders WHERE status <> 'PENDING'").await
+        {
+            bar.set_position(u64::try_from(done).unwrap_or(0));
+        }
+        for flow in report::take_finished(report::flow_complete, false) {
+            print(flow);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One chaos round: abort every relay and one consumer (no graceful shutdown), let work pile up,
+/// restart them, and re-produce some messages of this run as duplicates.
+async fn chaos_round(
+    world: &mut World,
+    kafka: &Kafka,
+    start: &HashMap<(String, i32), i64>,
+    round: usize,
+    injected: &mut HashMap<String, usize>,
+    print: &impl Fn(String),
+) -> Result<(), BoxError> {
+    let victim = match round % 3 {
+        0 => &mut world.payment,
+        1 => &mut world.order,
+        _ => &mut world.inventory,
+    };
+    victim.kill_consumer().await;
+    let group = victim.group;
+    for service in world.services() {
+        service.kill_relay().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for service in world.services() {
+        service.start_relay();
+    }
+    match round % 3 {
+        0 => world.payment.start_consumer(),
+        1 => world.order.start_consumer(),
+        _ => world.inventory.start_consumer(),
+    }
+    let sent = kafka
+        .inject_duplicates(start, &["ddd.orders", "ddd.payments"], 3)
+        .await?;
+    let copies: usize = sent.values().sum();
+    for (topic, n) in sent {
+        *injected.entry(topic).or_default() += n;
+    }
+    print(format!(
+        "  chaos {}: aborted the 3 relays and the {group} consumer, restarted them; \
+         re-produced {copies} messages as duplicates",
+        round + 1
+    ));
+    Ok(())
+}
+
+/// Duplicates the consumers must skip at least: each copy of an `OrderCreated` is skipped by the
+/// payment and the inventory service, each copy of a payment reply by the order service.
+fn expected_duplicates(injected: &HashMap<String, usize>) -> u64 {
+    let orders = injected.get("ddd.orders").copied().unwrap_or(0);
+    let payments = injected.get("ddd.payments").copied().unwrap_or(0);
+    (orders * 2 + payments) as u64
+}
+
+async fn settled(world: &World, n: i64) -> Result<bool, BoxError> {
+    let o = &world.order.db;
+    if count(o, "SELECT COUNT(*) FROM orders WHERE status = 'PENDING'").await? > 0 {
+        return Ok(false);
+    }
+    for db in [o, &world.payment.db, &world.inventory.db] {
+        if count(db, "SELECT COUNT(*) FROM outbox WHERE status = 0").await? > 0 {
+            return Ok(false);
+        }
+    }
+    if count(o, "SELECT COUNT(*) FROM outbox_delivery WHERE status = 0").await? > 0 {
+        return Ok(false);
+    }
+    // Late replies (the second answer to an order already cancelled) are consumed too.
+    Ok(count(o, "SELECT COUNT(*) FROM outbox_inbox").await? >= 2 * n)
+}
+
+async fn summarize(
+    world: &World,
+    planned: &[Planned],
+    counters: &Counters,
+    elapsed: Duration,
+    expected_dups: u64,
+    checks: &mut Vec<Check>,
+) -> Result<String, BoxError> {
+    let n = i64::try_from(planned.len()).unwrap_or(i64::MAX);
+    let (o, p, i) = (&world.order.db, &world.payment.db, &world.inventory.db);
+    let confirmed = count(o, "SELECT COUNT(*) FROM orders WHERE status = 'CONFIRMED'").await?;
+    let cancelled = count(o, "SELECT COUNT(*) FROM orders WHERE status = 'CANCELLED'").await?;
+    let declined = count(o, "SELECT COUNT(*) FROM orders WHERE payment = 'DECLINED'").await?;
+    let rejected = count(
+        o,
+        "SELECT COUNT(*) FROM orders WHERE inventory = 'REJECTED'",
+    )
+    .await?;
+    let expect_confirmed = planned
+        .iter()
+        .filter(|p| !p.declined() && !p.rejected())
+        .count() as i64;
+    let expect_declined = planned.iter().filter(|p| p.declined()).count() as i64;
+    let expect_rejected = planned.iter().filter(|p| p.rejected()).count() as i64;
+
+    let mut published = [0i64; 3];
+    let mut consumed = [0i64; 3];
+    for (k, db) in [o, p, i].into_iter().enumerate() {
+        published[k] = count(db, "SELECT COUNT(*) FROM outbox WHERE status = 1").await?;
+        consumed[k] = count(db, "SELECT COUNT(*) FROM outbox_inbox").await?;
+        let pending = count(db, "SELECT COUNT(*) FROM outbox WHERE status = 0").await?;
+        let dead = count(db, "SELECT COUNT(*) FROM outbox WHERE status = 2").await?;
+        let name = ["order", "payment", "inventory"][k];
+        checks.push(Check::new(
+            pending == 0 && dead == 0,
+            format!("{name} outbox: no row left pending ({pending}) or dead ({dead})"),
+        ));
+    }
+    let dup = counters.get("outbox_consumer_duplicates_total");
+    let dlt = counters.get("outbox_consumer_dead_lettered_total");
+    let events_published: i64 = published.iter().sum();
+    let events_consumed: i64 = consumed.iter().sum();
+
+    checks.push(Check::new(
+        confirmed + cancelled == n,
+        format!(
+            "every order is CONFIRMED or CANCELLED ({} of {n})",
+            confirmed + cancelled
+        ),
+    ));
+    checks.push(Check::new(
+        confirmed == expect_confirmed && declined == expect_declined && rejected == expect_rejected,
+        format!(
+            "outcomes follow the rules: {confirmed} confirmed (expected {expect_confirmed}), \
+             {declined} payments declined ({expect_declined}), {rejected} out of stock ({expect_rejected})"
+        ),
+    ));
+    checks.push(Check::new(
+        published[0] == 2 * n && published[1] == n && published[2] == n,
+        format!(
+            "events published: order {} (expected {}), payment {} ({n}), inventory {} ({n})",
+            published[0],
+            2 * n,
+            published[1],
+            published[2]
+        ),
+    ));
+    let payments = count(p, "SELECT COUNT(*) FROM payments").await?;
+    checks.push(Check::new(
+        consumed[1] == n && payments == n,
+        format!(
+            "payment-service applied each OrderCreated once: {} inbox rows, {payments} payments, {n} orders",
+            consumed[1]
+        ),
+    ));
+    let reservations = count(i, "SELECT COUNT(*) FROM reservations").await?;
+    checks.push(Check::new(
+        consumed[2] == n && reservations == n,
+        format!(
+            "inventory-service applied each OrderCreated once: {} inbox rows, {reservations} reservations",
+            consumed[2]
+        ),
+    ));
+    let stock = i64::try_from(planned.len().max(1) * 3).unwrap_or(i64::MAX);
+    let on_hand = count(i, "SELECT SUM(on_hand) FROM stock").await?;
+    let reserved = count(
+        i,
+        "SELECT SUM(quantity) FROM reservations WHERE status = 'RESERVED'",
+    )
+    .await?;
+    let in_stock = stock * (inventory::SKUS.len() as i64 - 1);
+    checks.push(Check::new(
+        on_hand == in_stock - reserved,
+        format!(
+            "stock taken once per reservation: {on_hand} on hand = {in_stock} - {reserved} reserved"
+        ),
+    ));
+    checks.push(Check::new(
+        consumed[0] == 2 * n,
+        format!(
+            "order-service applied each reply once: {} inbox rows, {} replies",
+            consumed[0],
+            2 * n
+        ),
+    ));
+    let notices = count(o, "SELECT COUNT(*) FROM notices").await?;
+    let delivered = count(o, "SELECT COUNT(*) FROM outbox_delivery WHERE status = 1").await?;
+    checks.push(Check::new(
+        notices == confirmed && delivered == confirmed,
+        format!(
+            "one confirmation notice per confirmed order: {notices} notices, {delivered} deliveries done"
+        ),
+    ));
+    checks.push(Check::new(
+        dlt == 0,
+        format!("no message dead-lettered by a consumer ({dlt})"),
+    ));
+    if expected_dups > 0 {
+        checks.push(Check::new(
+            dup >= expected_dups,
+            format!(
+                "every injected duplicate was skipped: {dup} skipped, {expected_dups} injected"
+            ),
+        ));
+    }
+
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let mut out = String::new();
+    out.push_str("summary\n");
+    out.push_str(&format!(
+        "  orders   {n} placed, {confirmed} confirmed, {cancelled} cancelled \
+         ({declined} payment declined, {rejected} out of stock)\n"
+    ));
+    out.push_str(&format!(
+        "  events   {events_published} published (order {}, payment {}, inventory {}), \
+         {events_consumed} consumed, {dup} duplicates skipped, {dlt} dead-lettered\n",
+        published[0], published[1], published[2]
+    ));
+    out.push_str(&format!(
+        "  time     {secs:.2} s, {:.0} events/s published, {:.0} orders/s\n",
+        events_published as f64 / secs,
+        n as f64 / secs
+    ));
+    Ok(out)
+}

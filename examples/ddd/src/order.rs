@@ -1,0 +1,265 @@
+//! The Order service: places orders and ends each one `OrderConfirmed` or `OrderCancelled` from
+//! the replies of the payment and inventory services (a choreographed saga).
+
+use std::time::Duration;
+
+use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
+use outbox_core::{HandlerRegistry, event_handler, handler};
+use outbox_seaorm::{TransactionExt, write_events};
+use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, Statement};
+use serde::{Deserialize, Serialize};
+
+use crate::inventory::{InventoryRejected, InventoryReserved};
+use crate::payment::{PaymentCaptured, PaymentDeclined};
+use crate::report::{self, Step};
+
+/// The consumer group of the order service.
+pub const GROUP: &str = "order-service";
+
+/// An order was placed: the payment and inventory services take it from here.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderCreated", version = 1, topic = "ddd.orders")]
+pub struct OrderCreated {
+    pub order_id: Uuid,
+    pub customer: String,
+    pub amount_cents: i64,
+    pub sku: String,
+    pub quantity: i32,
+}
+
+/// Payment was captured and the items are reserved: the order goes ahead.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderConfirmed", version = 1, topic = "ddd.order-outcomes")]
+pub struct OrderConfirmed {
+    pub order_id: Uuid,
+    pub customer: String,
+    pub amount_cents: i64,
+}
+
+/// A step failed: the order is off.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderCancelled", version = 1, topic = "ddd.order-outcomes")]
+pub struct OrderCancelled {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+/// The order aggregate; `events` is not a column.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
+#[sea_orm(table_name = "orders")]
+#[aggregate(name = "Order")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    #[aggregate(id)]
+    pub id: Uuid,
+    pub customer: String,
+    pub amount_cents: i64,
+    pub sku: String,
+    pub quantity: i32,
+    /// `PENDING`, `CONFIRMED` or `CANCELLED`.
+    pub status: String,
+    /// `CAPTURED` or `DECLINED` once the payment service replied.
+    pub payment: Option<String>,
+    /// `RESERVED` or `REJECTED` once the inventory service replied.
+    pub inventory: Option<String>,
+    pub reason: Option<String>,
+    #[sea_orm(ignore)]
+    #[aggregate(events)]
+    pub events: DomainEvents,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Order statuses.
+pub const PENDING: &str = "PENDING";
+pub const CONFIRMED: &str = "CONFIRMED";
+pub const CANCELLED: &str = "CANCELLED";
+
+impl Model {
+    /// A new order, recording `OrderCreated`.
+    pub fn place(customer: &str, amount_cents: i64, sku: &str, quantity: i32) -> Self {
+        let mut order = Model {
+            id: Uuid::now_v7(),
+            customer: customer.to_owned(),
+            amount_cents,
+            sku: sku.to_owned(),
+            quantity,
+            status: PENDING.to_owned(),
+            payment: None,
+            inventory: None,
+            reason: None,
+            events: DomainEvents::new(),
+        };
+        order.register_event(OrderCreated {
+            order_id: order.id,
+            customer: order.customer.clone(),
+            amount_cents,
+            sku: order.sku.clone(),
+            quantity,
+        });
+        order
+    }
+
+    /// Records the payment service's answer, then decides if it can.
+    fn payment_replied(&mut self, outcome: &str, reason: Option<String>) {
+        self.payment = Some(outcome.to_owned());
+        self.decide(reason);
+    }
+
+    /// Records the inventory service's answer, then decides if it can.
+    fn inventory_replied(&mut self, outcome: &str, reason: Option<String>) {
+        self.inventory = Some(outcome.to_owned());
+        self.decide(reason);
+    }
+
+    /// Cancels on the first failure, confirms when both steps succeeded; a reply that comes
+    /// after the final state changes nothing more.
+    fn decide(&mut self, failure: Option<String>) {
+        if self.status != PENDING {
+            return;
+        }
+        if let Some(reason) = failure {
+            self.status = CANCELLED.to_owned();
+            self.reason = Some(reason.clone());
+            self.register_event(OrderCancelled {
+                order_id: self.id,
+                reason,
+            });
+        } else if self.payment.as_deref() == Some("CAPTURED")
+            && self.inventory.as_deref() == Some("RESERVED")
+        {
+            self.status = CONFIRMED.to_owned();
+            self.register_event(OrderConfirmed {
+                order_id: self.id,
+                customer: self.customer.clone(),
+                amount_cents: self.amount_cents,
+            });
+        }
+    }
+}
+
+/// The order service's in-process, after-commit handlers (its `Outbox` runs only these).
+pub fn local_handlers() -> HandlerRegistry {
+    HandlerRegistry::new().with(handler!(send_confirmation_notice))
+}
+
+/// Loads the order, lets `apply` change it, and saves the row and its new events through the
+/// consumer's transaction: the inbox row, the order and the outbox rows commit together.
+async fn update(
+    ctx: &EventContext<'_>,
+    order_id: Uuid,
+    apply: impl FnOnce(&mut Model),
+) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    let Some(mut order) = Entity::find_by_id(order_id).one(txn).await? else {
+        // Not ours (another run's event, say): no retry can fix it, so dead-letter it.
+        return Err(HandlerError::permanent(UnknownOrder(order_id)));
+    };
+    apply(&mut order);
+    let row = ActiveModel {
+        id: Set(order.id),
+        status: Set(order.status.clone()),
+        payment: Set(order.payment.clone()),
+        inventory: Set(order.inventory.clone()),
+        reason: Set(order.reason.clone()),
+        ..Default::default()
+    };
+    row.update(txn).await?;
+    // The consumer runtime commits this transaction, not this handler: the delivery rows of the
+    // in-process handlers are due at once (grace zero) and the delivery worker runs them after
+    // the commit, so `Written` is not needed here.
+    let _written = write_events(txn, &order, &local_handlers(), Duration::ZERO).await?;
+    for event in order.pending_events().as_slice() {
+        report::step(order_id, Step::new(GROUP, event.name()));
+    }
+    Ok(())
+}
+
+/// A reply named an order this service does not have.
+#[derive(Debug)]
+struct UnknownOrder(Uuid);
+
+impl std::fmt::Display for UnknownOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no order {}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownOrder {}
+
+#[event_handler(group = "order-service")]
+async fn on_payment_captured(
+    event: &PaymentCaptured,
+    ctx: &EventContext<'_>,
+) -> Result<(), HandlerError> {
+    update(ctx, event.order_id, |o| o.payment_replied("CAPTURED", None)).await
+}
+
+#[event_handler(group = "order-service")]
+async fn on_payment_declined(
+    event: &PaymentDeclined,
+    ctx: &EventContext<'_>,
+) -> Result<(), HandlerError> {
+    let reason = format!("payment declined: {}", event.reason);
+    update(ctx, event.order_id, |o| {
+        o.payment_replied("DECLINED", Some(reason));
+    })
+    .await
+}
+
+#[event_handler(group = "order-service")]
+async fn on_inventory_reserved(
+    event: &InventoryReserved,
+    ctx: &EventContext<'_>,
+) -> Result<(), HandlerError> {
+    update(ctx, event.order_id, |o| {
+        o.inventory_replied("RESERVED", None)
+    })
+    .await
+}
+
+#[event_handler(group = "order-service")]
+async fn on_inventory_rejected(
+    event: &InventoryRejected,
+    ctx: &EventContext<'_>,
+) -> Result<(), HandlerError> {
+    let reason = format!("inventory rejected: {}", event.reason);
+    update(ctx, event.order_id, |o| {
+        o.inventory_replied("REJECTED", Some(reason));
+    })
+    .await
+}
+
+/// After the commit of `OrderConfirmed`, in this process: the confirmation notice. It writes
+/// through the delivery transaction, so a notice is recorded exactly once even when the process
+/// dies half-way and the recovery worker runs the handler again.
+#[event_handler]
+async fn send_confirmation_notice(
+    event: &OrderConfirmed,
+    ctx: &EventContext<'_>,
+) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    let backend = txn.get_database_backend();
+    let sql = match backend {
+        sea_orm::DbBackend::Postgres => "INSERT INTO notices (order_id, customer) VALUES ($1, $2)",
+        _ => "INSERT INTO notices (order_id, customer) VALUES (?, ?)",
+    };
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            event.order_id.to_string().into(),
+            event.customer.clone().into(),
+        ],
+    ))
+    .await?;
+    report::step(
+        event.order_id,
+        Step::new("after commit", format!("notice sent to {}", event.customer)),
+    );
+    Ok(())
+}

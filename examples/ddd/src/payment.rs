@@ -1,0 +1,147 @@
+//! The Payment service: captures the payment of each new order, or declines it when the amount
+//! is over the customer's limit, a rule it reads from its own database.
+
+use std::time::Duration;
+
+use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
+use outbox_core::{HandlerRegistry, event_handler};
+use outbox_seaorm::{TransactionExt, write_events};
+use sea_orm::ActiveValue::Set;
+use sea_orm::entity::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::order::OrderCreated;
+use crate::report::{self, Step};
+
+/// The consumer group of the payment service.
+pub const GROUP: &str = "payment-service";
+
+/// The amount was captured.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "PaymentCaptured", version = 1, topic = "ddd.payments")]
+pub struct PaymentCaptured {
+    pub order_id: Uuid,
+    pub amount_cents: i64,
+}
+
+/// The payment was refused.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "PaymentDeclined", version = 1, topic = "ddd.payments")]
+pub struct PaymentDeclined {
+    pub order_id: Uuid,
+    pub reason: String,
+}
+
+/// A payment, one per order: the aggregate of this service.
+#[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
+#[sea_orm(table_name = "payments")]
+#[aggregate(name = "Payment")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    #[aggregate(id)]
+    pub order_id: Uuid,
+    pub customer: String,
+    pub amount_cents: i64,
+    /// `CAPTURED` or `DECLINED`.
+    pub status: String,
+    #[sea_orm(ignore)]
+    #[aggregate(events)]
+    pub events: DomainEvents,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {}
+
+impl ActiveModelBehavior for ActiveModel {}
+
+/// Per-customer payment limits: this service's own reference data.
+pub mod limit {
+    use sea_orm::entity::prelude::*;
+
+    /// The most one order of `customer` may cost.
+    #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+    #[sea_orm(table_name = "payment_limits")]
+    pub struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        pub customer: String,
+        pub limit_cents: i64,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
+/// The customers and their limits the example seeds (an order over the limit is declined).
+pub const LIMITS: [(&str, i64); 4] = [
+    ("ada", 50_000),
+    ("bob", 20_000),
+    ("cyd", 10_000),
+    ("dee", 5_000),
+];
+
+impl Model {
+    /// Decides on the payment of `order` against the customer's `limit_cents`.
+    fn decide(order: &OrderCreated, limit_cents: Option<i64>) -> Self {
+        let mut payment = Model {
+            order_id: order.order_id,
+            customer: order.customer.clone(),
+            amount_cents: order.amount_cents,
+            status: String::new(),
+            events: DomainEvents::new(),
+        };
+        match limit_cents {
+            Some(limit) if order.amount_cents <= limit => {
+                payment.status = "CAPTURED".to_owned();
+                payment.register_event(PaymentCaptured {
+                    order_id: order.order_id,
+                    amount_cents: order.amount_cents,
+                });
+            }
+            limit => {
+                payment.status = "DECLINED".to_owned();
+                let reason = match limit {
+                    Some(limit) => format!(
+                        "{} over the limit of {} for {}",
+                        crate::report::money(order.amount_cents),
+                        crate::report::money(limit),
+                        order.customer
+                    ),
+                    None => format!("unknown customer {}", order.customer),
+                };
+                payment.register_event(PaymentDeclined {
+                    order_id: order.order_id,
+                    reason,
+                });
+            }
+        }
+        payment
+    }
+}
+
+/// Applied once per `OrderCreated` (the consumer's inbox): the payment row, its reply event in
+/// this service's outbox and the inbox record commit in one transaction.
+#[event_handler(group = "payment-service")]
+async fn capture_payment(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    let limit = limit::Entity::find_by_id(event.customer.clone())
+        .one(txn)
+        .await?
+        .map(|l| l.limit_cents);
+    let payment = Model::decide(event, limit);
+    ActiveModel {
+        order_id: Set(payment.order_id),
+        customer: Set(payment.customer.clone()),
+        amount_cents: Set(payment.amount_cents),
+        status: Set(payment.status.clone()),
+    }
+    .insert(txn)
+    .await?;
+    // No in-process handler here, so no after-commit work to hand on (`Written` is dropped).
+    let _written = write_events(txn, &payment, &HandlerRegistry::new(), Duration::ZERO).await?;
+    for e in payment.pending_events().as_slice() {
+        report::step(event.order_id, Step::new(GROUP, e.name()));
+    }
+    Ok(())
+}
