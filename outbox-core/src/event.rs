@@ -242,3 +242,70 @@ impl<'a> IntoIterator for &'a DomainEvents {
         self.pending.iter()
     }
 }
+
+/// An event type linked into this binary: `#[derive(DomainEvent)]` registers one for each
+/// non-generic event type.
+///
+/// Consumers use it to tell an event this service knows but does not handle (skipped) from an
+/// event name nobody here knows (dead-lettered as unknown).
+///
+/// ```
+/// use outbox_core::{DomainEvent, EventType};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+/// struct InvoiceSent { number: u32 }
+///
+/// assert!(EventType::is_known("InvoiceSent"));
+/// assert!(!EventType::is_known("NeverDeclared"));
+/// assert_eq!(EventType::of::<InvoiceSent>().name(), "InvoiceSent");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventType {
+    name: &'static str,
+    version: u32,
+    topic: Option<&'static str>,
+}
+
+impl EventType {
+    /// An event type (what the derive submits).
+    pub const fn new(name: &'static str, version: u32, topic: Option<&'static str>) -> Self {
+        EventType {
+            name,
+            version,
+            topic,
+        }
+    }
+
+    /// The entry of `E`.
+    pub const fn of<E: DomainEvent>() -> Self {
+        EventType::new(E::NAME, E::VERSION, E::TOPIC)
+    }
+
+    /// The event name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The payload version.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The topic override.
+    pub fn topic(&self) -> Option<&'static str> {
+        self.topic
+    }
+
+    /// Every event type registered in this binary.
+    pub fn all() -> impl Iterator<Item = &'static EventType> {
+        inventory::iter::<EventType>.into_iter()
+    }
+
+    /// Whether an event type named `name` is registered in this binary.
+    pub fn is_known(name: &str) -> bool {
+        Self::all().any(|t| t.name == name)
+    }
+}
+
+inventory::collect!(EventType);

@@ -69,7 +69,7 @@ pub use dispatch::{
 };
 pub use envelope::{Envelope, EnvelopeBuilder, EventMetadata};
 pub use error::Error;
-pub use event::{DomainEvent, DomainEvents, PendingEvent};
+pub use event::{DomainEvent, DomainEvents, EventType, PendingEvent};
 pub use handler::{
     BoxError, BoxFuture, EventContext, Handler, HandlerError, HandlerErrorKind, HandlerFn,
     HandlerRegistry,
@@ -90,7 +90,7 @@ pub mod __private {
 
     pub use crate::aggregate::AggregateRoot;
     pub use crate::envelope::Envelope;
-    pub use crate::event::{DomainEvent, DomainEvents};
+    pub use crate::event::{DomainEvent, DomainEvents, EventType};
     pub use crate::handler::{BoxFuture, EventContext, Handler, HandlerError};
 
     /// Decodes the envelope for a handler; a payload that does not fit is a permanent failure.

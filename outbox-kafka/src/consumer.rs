@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use outbox_core::{Envelope, Handler, HandlerRegistry, RetryPolicy};
+use outbox_core::{Envelope, EventType, Handler, HandlerRegistry, RetryPolicy};
 use outbox_seaorm::inbox::{Inbox, InboxError, Processed};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -55,6 +55,8 @@ pub struct ConsumerStats {
     pub dead_lettered: u64,
     /// Handler attempts that failed and were retried.
     pub retries: u64,
+    /// Messages of a known event type that no handler of the group handles, skipped.
+    pub ignored: u64,
 }
 
 struct GroupContext {
@@ -77,8 +79,11 @@ impl ConsumerContext for GroupContext {
 /// [`Inbox::process`] with consumer key `"<group>/<handler id>"` (so a redelivered event is
 /// skipped); a failing handler is retried with the [`RetryPolicy`] (default: 5 attempts, from
 /// 200 ms up to 10 s), then the message goes to `<topic><suffix>` (default suffix `.dlt`) with
-/// the [`dlt`] headers. A message that cannot be decoded, or whose event no handler of the
-/// group handles, goes there at once, and so does one whose handler fails with
+/// the [`dlt`] headers. A message of an event type this binary declares (a
+/// `#[derive(DomainEvent)]` type, see [`EventType`]) that no handler of the group handles is
+/// skipped and counted as ignored: topics usually carry several event types. A message that
+/// cannot be decoded, or whose event name no type here declares, goes to the dead-letter topic
+/// at once, and so does one whose handler fails with
 /// `HandlerError::permanent` (a payload that does not deserialize, for one). The offset is
 /// committed only once every handler's inbox transaction committed, or the dead letter was
 /// acknowledged. A database error is retried until it goes away (or shutdown): it never
@@ -381,6 +386,15 @@ impl KafkaConsumer {
             .in_group(&self.group, envelope.event_name())
             .collect();
         if handlers.is_empty() {
+            // A topic often carries several event types and a group handles some of them: an
+            // event type declared in this binary is skipped; a name nobody here knows is not.
+            if EventType::is_known(envelope.event_name()) {
+                stats.ignored += 1;
+                metrics::counter!("outbox_consumer_ignored_total", "group" => self.group.clone())
+                    .increment(1);
+                tracing::debug!(group = %self.group, event = envelope.event_name(), "no handler in this group; skipped");
+                return Outcome::Done;
+            }
             return malformed(MalformedMessage::UnknownEvent {
                 group: self.group.clone(),
                 event: envelope.event_name().to_owned(),

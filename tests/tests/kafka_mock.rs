@@ -17,6 +17,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
+/// An event type this binary declares and no handler of the test's group handles.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, outbox_core::DomainEvent)]
+struct ThingArchived {
+    n: u32,
+}
+
 struct Received {
     key: Option<String>,
     partition: i32,
@@ -334,6 +340,13 @@ async fn consumer_dedupes_retries_and_dead_letters() {
     produce_raw(&producer, Some(valid_headers("ThingMade")), b"\x00garbage").await;
     produce_raw(&producer, None, br#"{"n":1}"#).await;
     produce_raw(&producer, Some(valid_headers("NobodyCares")), br#"{"n":1}"#).await;
+    // Known here (declared below) but handled by no handler of group "g": skipped, not dead.
+    produce_raw(
+        &producer,
+        Some(valid_headers("ThingArchived")),
+        br#"{"n":1}"#,
+    )
+    .await;
     produce_raw(&producer, Some(valid_headers("ThingMade")), br#"{"m":"x"}"#).await;
     let flaky = envelope("ThingBroke", "a-2", 1, "{}");
     assert!(publisher.publish(std::slice::from_ref(&flaky)).await[0].is_ok());
@@ -374,7 +387,8 @@ async fn consumer_dedupes_retries_and_dead_letters() {
     .expect("consumer ran");
     let dead = watcher.await.expect("watcher");
 
-    assert_eq!(stats.messages, 7, "{stats:?}");
+    assert_eq!(stats.messages, 8, "{stats:?}");
+    assert_eq!(stats.ignored, 1, "{stats:?}");
     assert_eq!(stats.applied, 1, "{stats:?}");
     assert_eq!(stats.duplicates, 1, "{stats:?}");
     assert_eq!(stats.dead_lettered, 5, "{stats:?}");
@@ -406,10 +420,14 @@ async fn consumer_dedupes_retries_and_dead_letters() {
     assert!(dead[3].headers[dlt::ERROR].contains("missing field"));
     assert_eq!(dead[4].headers[dlt::ATTEMPTS], "3");
     assert!(dead[4].headers[dlt::ERROR].contains("service down"));
+    assert!(
+        dead.iter()
+            .all(|m| m.headers.get("event_name").map(String::as_str) != Some("ThingArchived"))
+    );
     assert_eq!(dead[4].headers["event_id"], flaky.id().to_string());
     assert_eq!(dead[4].payload, "{}");
     // Every message is done: the committed offset is past the last one.
-    assert_eq!(committed(&brokers, "g"), Offset::Offset(7));
+    assert_eq!(committed(&brokers, "g"), Offset::Offset(8));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -26,6 +26,14 @@ pub(crate) fn derive(input: &Input<'_>) -> TokenStream {
     let where_clause = (generic || where_clause.is_some()).then(|| {
         quote! { where #(#predicates,)* #bound }
     });
+    // A generic type is not one event type, so only concrete ones are registered.
+    let register = (input.generics.params.is_empty()).then(|| {
+        quote! {
+            ::outbox_core::__private::inventory::submit! {
+                ::outbox_core::__private::EventType::of::<#ident>()
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics ::outbox_core::__private::DomainEvent for #ident #ty_generics #where_clause {
@@ -33,6 +41,7 @@ pub(crate) fn derive(input: &Input<'_>) -> TokenStream {
             const VERSION: u32 = #version;
             const TOPIC: ::core::option::Option<&'static str> = #topic;
         }
+        #register
     }
 }
 
