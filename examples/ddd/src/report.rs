@@ -50,10 +50,10 @@ pub fn follow(order: Uuid, headline: String) {
 /// again, which is kept once.
 pub fn step(order: Uuid, step: Step) {
     let mut flows = flows().lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, _, steps, _)) = flows.orders.iter_mut().find(|(id, ..)| *id == order) {
-        if !steps.contains(&step) {
-            steps.push(step);
-        }
+    if let Some((_, _, steps, _)) = flows.orders.iter_mut().find(|(id, ..)| *id == order)
+        && !steps.contains(&step)
+    {
+        steps.push(step);
     }
 }
 
@@ -68,17 +68,28 @@ pub fn take_finished(done: impl Fn(&[Step]) -> bool, all: bool) -> Vec<String> {
         }
         *printed = true;
         let mut text = headline.clone();
+        let mut cancelled = false;
         for s in steps.iter() {
-            text.push_str(&format!("\n    -> {:<18} {}", s.by, s.what));
+            let late = if cancelled {
+                "  (late: the order is cancelled already)"
+            } else {
+                ""
+            };
+            text.push_str(&format!("\n    -> {:<18} {}{late}", s.by, s.what));
+            cancelled |= s.what == "OrderCancelled";
         }
         out.push(text);
     }
     out
 }
 
-/// Whether a flow ended: cancelled, or confirmed and its notice sent.
+/// Whether a flow ended: both services replied, and the order was cancelled, or confirmed and
+/// its notice sent.
 pub fn flow_complete(steps: &[Step]) -> bool {
-    steps.iter().any(|s| s.what == "OrderCancelled") || steps.iter().any(|s| s.by == "after commit")
+    let replied = |by: &str| steps.iter().any(|s| s.by == by);
+    replied(crate::payment::GROUP)
+        && replied(crate::inventory::GROUP)
+        && (steps.iter().any(|s| s.what == "OrderCancelled") || replied("after commit"))
 }
 
 /// Cents as money: `1250` → `12.50`.
