@@ -3,6 +3,8 @@
 //! [`InMemoryPublisher`] stands in for the broker in tests. It records every envelope it
 //! accepted, and can be scripted to fail: the next calls, chosen envelopes a number of times, or
 //! chosen envelopes for good ([`PublishError::Rejected`]), optionally after an artificial delay.
+//! Like a broker that keeps order per key, once an envelope fails, the later envelopes of the
+//! same aggregate in that call fail too.
 //! [`PublishedEvents`] (as Spring Modulith's `PublishedEvents`) answers "what was published?"
 //! with typed queries.
 //!
@@ -40,7 +42,7 @@
 //! # });
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -237,9 +239,25 @@ impl Publisher for InMemoryPublisher {
             if fail_call {
                 script.fail_calls -= 1;
             }
+            // Like a partitioned broker keyed by aggregate: once an envelope of an aggregate
+            // fails, the later ones of that aggregate in the batch fail too, so what was
+            // accepted never skips over a failed event.
+            let mut failed: HashSet<(&str, &str)> = HashSet::new();
             batch
                 .iter()
-                .map(|envelope| Self::outcome(&mut script, fail_call, envelope))
+                .map(|envelope| {
+                    let key = (envelope.aggregate_type(), envelope.aggregate_id());
+                    if failed.contains(&key) {
+                        return Err(PublishError::transient(ScriptedFailure {
+                            reason: "an earlier event of the aggregate failed in this batch",
+                        }));
+                    }
+                    let outcome = Self::outcome(&mut script, fail_call, envelope);
+                    if outcome.is_err() {
+                        failed.insert(key);
+                    }
+                    outcome
+                })
                 .collect()
         };
         let mut published = lock(&self.inner.published);

@@ -110,21 +110,29 @@ impl fmt::Debug for Row {
 
 /// The batch query: pending, due rows, oldest first, leaving out aggregates held back by an
 /// earlier row that waits for a retry (or is dead, under [`DeadLetterPolicy::Block`]).
+///
+/// The held-back aggregates come from a small derived table (the rows that block: waiting or
+/// dead ones, few in normal operation), joined to the pending rows; so the cost stays linear in
+/// the pending rows of the claimed shards, however many published rows an aggregate has.
 fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
     let blocking = match policy {
-        DeadLetterPolicy::Skip => "b.status = 0 AND b.next_attempt_at > ?",
-        DeadLetterPolicy::Block => "(b.status = 2 OR (b.status = 0 AND b.next_attempt_at > ?))",
+        DeadLetterPolicy::Skip => "status = 0 AND next_attempt_at > ?",
+        DeadLetterPolicy::Block => "(status = 2 OR (status = 0 AND next_attempt_at > ?))",
     };
-    let shard_filter = match shards {
-        Some(n) => format!(" AND o.shard IN ({})", placeholders(n)),
-        None => String::new(),
+    let (inner, outer) = match shards {
+        Some(n) => (
+            format!(" AND shard IN ({})", placeholders(n)),
+            format!(" AND o.shard IN ({})", placeholders(n)),
+        ),
+        None => (String::new(), String::new()),
     };
     format!(
         "SELECT {COLUMNS} FROM outbox o \
-         WHERE o.status = 0 AND o.next_attempt_at <= ?{shard_filter} \
-         AND NOT EXISTS (SELECT 1 FROM outbox b \
-           WHERE b.aggregatetype = o.aggregatetype AND b.aggregateid = o.aggregateid \
-           AND b.sequence < o.sequence AND {blocking}) \
+         LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
+           FROM outbox WHERE {blocking}{inner} GROUP BY aggregatetype, aggregateid) blk \
+         ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
+         WHERE o.status = 0 AND o.next_attempt_at <= ?{outer} \
+         AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
          ORDER BY o.position LIMIT ?"
     )
 }
@@ -136,11 +144,11 @@ async fn read_batch<C: ConnectionTrait>(
     shards: Option<&[i16]>,
 ) -> Result<Vec<Row>, DbErr> {
     let sql = batch_sql(relay.config.dead_letter_policy, shards.map(<[i16]>::len));
+    let shard_values = || shards.unwrap_or_default().iter().map(|s| Value::from(*s));
     let mut values: Vec<Value> = vec![now.into()];
-    if let Some(shards) = shards {
-        values.extend(shards.iter().map(|s| Value::from(*s)));
-    }
+    values.extend(shard_values());
     values.push(now.into());
+    values.extend(shard_values());
     values.push(
         i64::try_from(relay.config.batch_size)
             .unwrap_or(i64::MAX)
