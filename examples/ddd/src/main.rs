@@ -308,6 +308,27 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             ),
         ));
     }
+    // No event lost: every outbox row marked published is in its topic (read back).
+    let end = kafka.end_offsets()?;
+    let (in_topics, read) = kafka.read_event_ids(&start, &end)?;
+    let mut missing = Vec::new();
+    let mut rows = 0usize;
+    for db in [&world.order.db, &world.payment.db, &world.inventory.db] {
+        for (id, topic) in runtime::published_rows(db).await? {
+            rows += 1;
+            if !in_topics.get(&topic).is_some_and(|ids| ids.contains(&id)) {
+                missing.push(format!("{topic}/{id}"));
+            }
+        }
+    }
+    checks.push(Check::new(
+        missing.is_empty(),
+        format!(
+            "every published event is in its Kafka topic: {} of {rows} found in the {read} messages of this run{}",
+            rows - missing.len(),
+            if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
+        ),
+    ));
     let summary = summarize(
         &world,
         &planned,
@@ -500,10 +521,10 @@ async fn summarize(
         ),
     ));
     let stock = i64::try_from(planned.len().max(1) * 3).unwrap_or(i64::MAX);
-    let on_hand = count(i, "SELECT SUM(on_hand) FROM stock").await?;
-    let reserved = count(
+    let on_hand = runtime::sum(i, "SELECT on_hand FROM stock").await?;
+    let reserved = runtime::sum(
         i,
-        "SELECT SUM(quantity) FROM reservations WHERE status = 'RESERVED'",
+        "SELECT quantity FROM reservations WHERE status = 'RESERVED'",
     )
     .await?;
     let in_stock = stock * (inventory::SKUS.len() as i64 - 1);

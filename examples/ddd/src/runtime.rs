@@ -2,7 +2,7 @@
 //! `KafkaConsumer` for its group; the Kafka cluster (embedded mock or a real broker); and the
 //! chaos tools (kill and restart, duplicate deliveries).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -163,19 +163,50 @@ pub async fn create_inventory_tables(db: &DatabaseConnection, stock: i64) -> Res
     Ok(())
 }
 
-/// One number from `sql`.
+/// One number from `sql` (a `COUNT(*)`).
 pub async fn count(db: &DatabaseConnection, sql: &str) -> Result<i64, sea_orm::DbErr> {
     let row = db
         .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
         .await?;
     match row {
-        // MariaDB returns SUM() as a decimal: read it as text when it is not an integer.
-        Some(row) => row.try_get_by_index::<i64>(0).or_else(|_| {
-            row.try_get_by_index::<Option<String>>(0)
-                .map(|s| s.and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0) as i64)
-        }),
+        Some(row) => row.try_get_by_index::<i64>(0),
         None => Ok(0),
     }
+}
+
+/// The sum of the integer column `sql` selects, added up here (`SUM()` returns a different
+/// type on each database).
+pub async fn sum(db: &DatabaseConnection, sql: &str) -> Result<i64, sea_orm::DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await?;
+    let mut total = 0;
+    for row in rows {
+        total += row
+            .try_get_by_index::<i64>(0)
+            .or_else(|_| row.try_get_by_index::<i32>(0).map(i64::from))?;
+    }
+    Ok(total)
+}
+
+/// The (event id, topic) of every outbox row marked published.
+pub async fn published_rows(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, String)>, sea_orm::DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, topic FROM outbox WHERE status = 1",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get_by_index::<String>(0)?,
+                r.try_get_by_index::<Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
+        .collect()
 }
 
 /// The Kafka cluster: librdkafka's in-process mock, or a real broker.
@@ -277,6 +308,58 @@ impl Kafka {
                 tracing::warn!(group, %error, "could not move the group past earlier runs");
             }
         }
+    }
+
+    /// Reads every message of this run (from `start` to `end`) and returns the event ids found
+    /// in each topic (header `event_id`), and how many messages were read.
+    pub fn read_event_ids(
+        &self,
+        start: &HashMap<(String, i32), i64>,
+        end: &HashMap<(String, i32), i64>,
+    ) -> Result<(HashMap<String, HashSet<String>>, u64), BoxError> {
+        let reader: BaseConsumer = self.client("ddd-checker").create()?;
+        let mut tpl = TopicPartitionList::new();
+        let mut left: i64 = 0;
+        for ((topic, partition), from) in start {
+            let to = end
+                .get(&(topic.clone(), *partition))
+                .copied()
+                .unwrap_or(*from);
+            if to > *from {
+                tpl.add_partition_offset(topic, *partition, Offset::Offset(*from))?;
+                left += to - from;
+            }
+        }
+        let mut ids: HashMap<String, HashSet<String>> = HashMap::new();
+        let mut read = 0;
+        if left == 0 {
+            return Ok((ids, read));
+        }
+        reader.assign(&tpl)?;
+        // Read to the end offsets taken after the run, then on until the topics are quiet: a
+        // broker's end offset may lag behind what it has just acknowledged.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut quiet_since = std::time::Instant::now();
+        while std::time::Instant::now() < deadline
+            && (left > 0 || quiet_since.elapsed() < Duration::from_secs(2))
+        {
+            let Some(Ok(m)) = reader.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            quiet_since = std::time::Instant::now();
+            left -= 1;
+            read += 1;
+            let id = m.headers().and_then(|hs| {
+                hs.iter()
+                    .find(|h| h.key == "event_id")
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            if let Some(id) = id {
+                ids.entry(m.topic().to_owned()).or_default().insert(id);
+            }
+        }
+        Ok((ids, read))
     }
 
     fn client(&self, group: &str) -> ClientConfig {
