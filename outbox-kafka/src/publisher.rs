@@ -2,13 +2,14 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_core::{Envelope, PublishError, Publisher};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use crate::admin::provision_topics;
 use crate::config::KafkaConfig;
@@ -57,7 +58,12 @@ pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
 ///   included);
 /// * a batch is produced in order without waiting, then every delivery report is awaited: an
 ///   envelope is `Ok` only once the broker acknowledged it. Errors keep the Kafka error
-///   ([`DeliveryError`]) and are classified retryable or rejected.
+///   ([`DeliveryError`]) and are classified retryable or rejected;
+/// * a producer that cannot go on is replaced by a new one before the next batch: after a fatal
+///   librdkafka error, or once the broker answered that it is fenced (`ProducerFenced`,
+///   `InvalidProducerEpoch`; seen after a broker outage, when the broker does not accept the
+///   producer's epoch bump). The batch that met the error fails as retryable, so the relay
+///   sends it again with the new producer.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), outbox_kafka::SetupError> {
@@ -71,7 +77,11 @@ pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
 /// # Ok(()) }
 /// ```
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    /// Replaced by a new one when librdkafka reports a fatal error or the broker fences it
+    /// (see [`Self::producer`]).
+    producer: Mutex<FutureProducer>,
+    /// Set when a delivery failed because the broker fenced the producer.
+    fenced: AtomicBool,
     config: KafkaConfig,
     prefix: String,
     router: Option<Router>,
@@ -149,6 +159,45 @@ impl KafkaPublisher {
         replication: i32,
     ) -> Result<(), SetupError> {
         provision_topics(&self.config, topics, partitions, replication).await
+    }
+
+    /// The producer to publish with: the current one, or a new one when the current one met a
+    /// fatal error or was fenced (librdkafka does not recover from either: the instance must be
+    /// replaced).
+    fn producer(&self) -> FutureProducer {
+        let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
+        let fatal = current.client().fatal_error();
+        let fenced = self.fenced.load(Ordering::Acquire);
+        if fatal.is_some() || fenced {
+            match self.config.to_client_config().create::<FutureProducer>() {
+                Ok(fresh) => {
+                    tracing::warn!(
+                        ?fatal,
+                        fenced,
+                        "Kafka producer cannot go on; replaced by a new one"
+                    );
+                    metrics::counter!("outbox_kafka_producer_replaced_total").increment(1);
+                    *current = fresh;
+                    self.fenced.store(false, Ordering::Release);
+                }
+                Err(error) => {
+                    tracing::error!(?fatal, fenced, error = %error,
+                        "Kafka producer cannot go on and could not be replaced");
+                }
+            }
+        }
+        current.clone()
+    }
+
+    /// Remembers that the broker fenced the producer, so that the next batch gets a new one.
+    fn note(&self, error: &KafkaError) {
+        use RDKafkaErrorCode as C;
+        if matches!(
+            error.rdkafka_error_code(),
+            Some(C::ProducerFenced | C::InvalidProducerEpoch | C::Fenced)
+        ) {
+            self.fenced.store(true, Ordering::Release);
+        }
     }
 
     fn source_for(&self, envelope: &Envelope) -> String {
@@ -242,7 +291,8 @@ impl KafkaPublisherBuilder {
             .map_err(SetupError::Client)?;
         tracing::debug!(config = ?config, "Kafka publisher created");
         Ok(KafkaPublisher {
-            producer,
+            producer: Mutex::new(producer),
+            fenced: AtomicBool::new(false),
             config,
             prefix: self.prefix,
             router: self.router,
@@ -273,6 +323,7 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
         let topics: Vec<String> = batch.iter().map(|e| self.topic_for(e)).collect();
         self.provision_new(&topics).await;
+        let producer = self.producer();
         let mut results: Vec<Option<Result<(), PublishError>>> =
             (0..batch.len()).map(|_| None).collect();
         let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
@@ -285,7 +336,7 @@ impl Publisher for KafkaPublisher {
                 .timestamp(envelope.occurred_at().timestamp_millis());
             let deadline = Instant::now() + self.queue_timeout;
             let slot = loop {
-                match self.producer.send_result(record) {
+                match producer.send_result(record) {
                     Ok(delivery) => break Slot::Sent(i, delivery),
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if Instant::now() < deadline =>
@@ -294,12 +345,15 @@ impl Publisher for KafkaPublisher {
                         // Make room by waiting for the oldest message in flight.
                         match in_flight.pop_front() {
                             Some((j, delivery)) => {
-                                results[j] = Some(settle(&topics[j], delivery.await));
+                                results[j] = Some(self.settle(&topics[j], delivery.await));
                             }
                             None => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
                     }
-                    Err((error, _)) => break Slot::Failed(failure(&topics[i], error)),
+                    Err((error, _)) => {
+                        self.note(&error);
+                        break Slot::Failed(failure(&topics[i], error));
+                    }
                 }
             };
             match slot {
@@ -312,7 +366,7 @@ impl Publisher for KafkaPublisher {
             }
         }
         for (i, delivery) in in_flight {
-            results[i] = Some(settle(&topics[i], delivery.await));
+            results[i] = Some(self.settle(&topics[i], delivery.await));
         }
         results
             .into_iter()
@@ -321,16 +375,22 @@ impl Publisher for KafkaPublisher {
     }
 }
 
-fn settle(
-    topic: &str,
-    report: Result<
-        rdkafka::producer::future_producer::OwnedDeliveryResult,
-        futures::channel::oneshot::Canceled,
-    >,
-) -> Result<(), PublishError> {
-    match report {
-        Ok(Ok(_delivery)) => Ok(()),
-        Ok(Err((error, _message))) => Err(failure(topic, error)),
-        Err(_) => Err(failure(topic, KafkaError::Canceled)),
+impl KafkaPublisher {
+    fn settle(
+        &self,
+        topic: &str,
+        report: Result<
+            rdkafka::producer::future_producer::OwnedDeliveryResult,
+            futures::channel::oneshot::Canceled,
+        >,
+    ) -> Result<(), PublishError> {
+        match report {
+            Ok(Ok(_delivery)) => Ok(()),
+            Ok(Err((error, _message))) => {
+                self.note(&error);
+                Err(failure(topic, error))
+            }
+            Err(_) => Err(failure(topic, KafkaError::Canceled)),
+        }
     }
 }
