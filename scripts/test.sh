@@ -14,3 +14,11 @@ export OUTBOX_TEST_KAFKA_BROKERS="${OUTBOX_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo test --workspace "$@"
+
+# An independent client reads what the relay wrote: kafka_seed saves events on a fresh
+# PostgreSQL database and relays them to a new topic; scripts/kafka_check.py (kafka-python,
+# installed once into the tool cache) checks the key, headers, CloudEvents attributes and JSON
+# of every message, and that it got as many as were published.
+check_topic="outbox-e2e-check-$(date +%s)-$$"
+published="$(cargo run --quiet -p outbox-tests --bin kafka_seed -- "$OUTBOX_TEST_KAFKA_BROKERS" "$check_topic")"
+python3 scripts/kafka_check.py "$check_topic" --brokers "$OUTBOX_TEST_KAFKA_BROKERS" --expect "$published"
