@@ -326,3 +326,68 @@ impl PublishedEvents {
         self.of_type::<E>().iter().any(predicate)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(aggregate: &str, sequence: i64) -> Envelope {
+        Envelope::builder("Ping", "Order", aggregate)
+            .sequence(sequence)
+            .build()
+    }
+
+    #[tokio::test]
+    async fn scripted_failures_and_records() {
+        let publisher = InMemoryPublisher::new();
+        let batch = [envelope("a", 1), envelope("a", 2), envelope("b", 1)];
+
+        publisher.fail_next_calls(1);
+        let outcome = publisher.publish(&batch).await;
+        assert!(
+            outcome
+                .iter()
+                .all(|o| o.as_ref().is_err_and(PublishError::is_retryable))
+        );
+        assert!(publisher.published().is_empty());
+
+        // A rejected envelope fails for good, and takes the rest of its aggregate with it.
+        let first = batch[0].id();
+        publisher.reject_matching(move |e| e.id() == first);
+        let outcome = publisher.publish(&batch).await;
+        assert!(matches!(outcome[0], Err(PublishError::Rejected { .. })));
+        assert!(outcome[1].as_ref().is_err_and(PublishError::is_retryable));
+        assert!(outcome[2].is_ok());
+        assert_eq!(publisher.published().count(), 1);
+
+        publisher.heal();
+        publisher.clear();
+        assert!(publisher.publish(&batch).await.iter().all(Result::is_ok));
+        let published = publisher.published();
+        assert_eq!(published.count(), 3);
+        assert_eq!(published.for_aggregate("Order", "a").count(), 2);
+        assert_eq!(publisher.calls(), 3);
+        assert_eq!(publisher.attempts(), 9);
+    }
+
+    #[tokio::test]
+    async fn failing_matching_envelopes_counts_per_event() {
+        let publisher = InMemoryPublisher::new();
+        publisher.fail_matching(|e| e.aggregate_id() == "a", 2);
+        let batch = [envelope("a", 1)];
+        assert!(publisher.publish(&batch).await[0].is_err());
+        assert!(publisher.publish(&batch).await[0].is_err());
+        assert!(publisher.publish(&batch).await[0].is_ok());
+        // Another event of the same aggregate has its own count.
+        assert!(publisher.publish(&[envelope("a", 2)]).await[0].is_err());
+    }
+
+    #[tokio::test]
+    async fn delay_holds_the_answer_back() {
+        let publisher = InMemoryPublisher::new();
+        publisher.set_delay(Some(Duration::from_millis(30)));
+        let start = std::time::Instant::now();
+        let _ = publisher.publish(&[envelope("a", 1)]).await;
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+}

@@ -596,3 +596,49 @@ async fn cleanup_respects_state_retention_and_batch_size(t: TestDb) {
 }
 
 db_tests!(cleanup_respects_state_retention_and_batch_size);
+
+/// A row that cannot become an envelope (bad metadata, written by hand or another tool) is
+/// dead-lettered with the reason; it never stops the relay.
+async fn unreadable_row_is_dead_lettered_with_its_reason(t: TestDb) {
+    let w = insert_events(
+        &t.db,
+        &[("Order", "bad"), ("Order", "bad"), ("Order", "ok")],
+    )
+    .await;
+    exec(
+        &t.db,
+        &format!(
+            "UPDATE outbox SET metadata = 'not json' WHERE id = '{}'",
+            w[0].id
+        ),
+    )
+    .await;
+    let publisher = InMemoryPublisher::new();
+    let relay = Relay::builder(t.db.clone(), publisher.clone()).build();
+    let report = relay.run_once().await.expect("cycle");
+    assert_eq!(
+        (report.published(), report.dead(), report.held()),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        count(
+            &t.db,
+            "outbox",
+            &format!(
+                "id = '{}' AND status = 2 AND last_error LIKE '%metadata is not valid JSON%'",
+                w[0].id
+            )
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        publisher.published().count(),
+        1,
+        "only the other aggregate's event"
+    );
+    // Block: the second event of the aggregate waits for the first.
+    assert_eq!(relay.run_once().await.expect("cycle").claimed(), 0);
+}
+
+db_tests!(unreadable_row_is_dead_lettered_with_its_reason);

@@ -29,6 +29,8 @@ struct Row {
     aggregate_type: String,
     aggregate_id: String,
     attempts: i32,
+    /// Whether it was handed to the publisher.
+    handed: bool,
     /// The envelope, or why the row cannot become one.
     envelope: Result<Envelope, InvalidRow>,
 }
@@ -95,6 +97,7 @@ impl Row {
             aggregate_type,
             aggregate_id,
             attempts,
+            handed: false,
             envelope,
         })
     }
@@ -234,6 +237,8 @@ fn decide(
         let key = (row.aggregate_type.as_str(), row.aggregate_id.as_str());
         let result: Result<(), RowError> = match &row.envelope {
             Err(invalid) => Err(RowError::Invalid(invalid)),
+            // Not handed over: an earlier row of its aggregate is invalid (and in `failed`).
+            Ok(_) if !row.handed => Ok(()),
             Ok(_) => match results.next() {
                 Some(result) => result.map_err(RowError::Publish),
                 None => Err(RowError::Publish(PublishError::transient(MissingOutcome))),
@@ -331,11 +336,24 @@ async fn record<C: ConnectionTrait>(db: &C, outcome: &Outcome, now: i64) -> Resu
     Ok(())
 }
 
-async fn publish(relay: &Relay, rows: &[Row]) -> Vec<Result<(), PublishError>> {
-    let envelopes: Vec<Envelope> = rows
-        .iter()
-        .filter_map(|row| row.envelope.as_ref().ok().cloned())
-        .collect();
+/// Hands the batch to the publisher: every row that makes an envelope, except the rows after an
+/// invalid row of the same aggregate (they would overtake it).
+async fn publish(relay: &Relay, rows: &mut [Row]) -> Vec<Result<(), PublishError>> {
+    let mut broken: HashSet<(String, String)> = HashSet::new();
+    let mut envelopes: Vec<Envelope> = Vec::with_capacity(rows.len());
+    for row in rows.iter_mut() {
+        let key = (row.aggregate_type.clone(), row.aggregate_id.clone());
+        match &row.envelope {
+            Err(_) => {
+                broken.insert(key);
+            }
+            Ok(envelope) if !broken.contains(&key) => {
+                row.handed = true;
+                envelopes.push(envelope.clone());
+            }
+            Ok(_) => {}
+        }
+    }
     if envelopes.is_empty() {
         return Vec::new();
     }
@@ -373,8 +391,8 @@ pub(super) async fn locking(relay: &Relay) -> Result<CycleReport, RelayError> {
         txn.commit().await?;
         return Ok(CycleReport::default());
     }
-    let rows = read_batch(&txn, relay, now, Some(&shards)).await?;
-    let results = publish(relay, &rows).await;
+    let mut rows = read_batch(&txn, relay, now, Some(&shards)).await?;
+    let results = publish(relay, &mut rows).await;
     let done = now_micros();
     let outcome = decide(relay, &rows, results, done);
     record(&txn, &outcome, done).await?;
@@ -398,11 +416,11 @@ pub(super) async fn locking(relay: &Relay) -> Result<CycleReport, RelayError> {
 /// one relay per SQLite database is supported.
 pub(super) async fn single(relay: &Relay) -> Result<CycleReport, RelayError> {
     let now = now_micros();
-    let rows = read_batch(&relay.db, relay, now, None).await?;
+    let mut rows = read_batch(&relay.db, relay, now, None).await?;
     if rows.is_empty() {
         return Ok(CycleReport::default());
     }
-    let results = publish(relay, &rows).await;
+    let results = publish(relay, &mut rows).await;
     let done = now_micros();
     let outcome = decide(relay, &rows, results, done);
     let txn = relay.db.begin().await?;
