@@ -15,8 +15,19 @@
 //! transaction. **Run a single relay per SQLite database.**
 //!
 //! On PostgreSQL the relay `LISTEN`s on channel `outbox` (the save path notifies it on commit)
-//! with a slow fallback poll; elsewhere it polls with a backoff while idle. It runs again at once
-//! while batches come back full, and survives lost connections (it logs, backs off and retries).
+//! with a slow fallback poll; the listener keeps one connection of the relay's pool for itself,
+//! so give the pool at least two. Elsewhere it polls with a backoff while idle. It runs again at
+//! once while batches come back full, and survives lost connections: it logs, backs off and
+//! retries; the pool reconnects and the listener re-subscribes.
+//!
+//! Several relays (processes or tasks, each with its own [`Relay`]) may share a PostgreSQL or
+//! MariaDB database: each cycle takes up to `shards_per_claim` shards that no other relay holds,
+//! starting at a random shard, so with the default of 16 up to four relays work side by side.
+//!
+//! Metrics (through the `metrics` facade): counters `outbox_relay_published_total`,
+//! `outbox_relay_retried_total`, `outbox_relay_dead_lettered_total`; gauges `outbox_pending` and
+//! `outbox_oldest_pending_age_seconds`, refreshed every 5 s by [`Relay::run_until`]. Dead events
+//! stay in the table with their last error; [`requeue_dead`] puts one back.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
