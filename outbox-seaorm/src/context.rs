@@ -5,7 +5,9 @@ use sea_orm::DatabaseTransaction;
 
 /// Why a handler asked for a transaction it does not have.
 #[derive(Debug, thiserror::Error)]
-#[error("handler `{handler}` runs without a database transaction; run it through the outbox's dispatcher or the Kafka consumer runtime")]
+#[error(
+    "handler `{handler}` runs without a database transaction; run it through the outbox's dispatcher or the Kafka consumer runtime"
+)]
 pub struct NoTransaction {
     handler: &'static str,
 }
@@ -35,6 +37,9 @@ impl TransactionExt for EventContext<'_> {
 }
 
 /// Attaches `txn` to a handler context (what the dispatcher and the consumer runtime do).
-pub fn with_transaction<'a>(ctx: EventContext<'a>, txn: &'a DatabaseTransaction) -> EventContext<'a> {
+pub fn with_transaction<'a>(
+    ctx: EventContext<'a>,
+    txn: &'a DatabaseTransaction,
+) -> EventContext<'a> {
     ctx.with_resource(txn)
 }
