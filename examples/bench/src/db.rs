@@ -1,0 +1,189 @@
+//! The benchmark database (created fresh, dropped at the end) and the Kafka cluster.
+
+use std::time::Duration;
+
+use outbox_kafka::{KafkaConfig, provision_topics};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Schema, Statement,
+    Value,
+};
+
+use crate::BoxResult;
+use crate::model::order;
+
+/// The database name created (and dropped) on the PostgreSQL server.
+const PG_DATABASE: &str = "outbox_bench";
+/// The topic every scenario publishes to (`default_topic("", "Order")`).
+pub(crate) const TOPIC: &str = "order";
+/// Partitions of [`TOPIC`].
+pub(crate) const PARTITIONS: i32 = 6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "PostgreSQL",
+            Backend::Sqlite => "SQLite",
+        }
+    }
+}
+
+pub(crate) struct BenchDb {
+    pub(crate) backend: Backend,
+    pub(crate) url: String,
+    admin_url: Option<String>,
+    pub(crate) db: DatabaseConnection,
+}
+
+pub(crate) async fn connect(url: &str, max: u32) -> BoxResult<DatabaseConnection> {
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections(max)
+        .min_connections(0)
+        .connect_timeout(Duration::from_secs(5))
+        .acquire_timeout(Duration::from_secs(60))
+        .sqlx_logging(false);
+    Ok(Database::connect(opts).await?)
+}
+
+impl BenchDb {
+    pub(crate) async fn create(backend: Backend, pg_url: &str) -> BoxResult<BenchDb> {
+        let (url, admin_url) = match backend {
+            Backend::Postgres => {
+                let admin = connect(pg_url, 1).await?;
+                admin
+                    .execute_unprepared(&format!(
+                        "DROP DATABASE IF EXISTS \"{PG_DATABASE}\" WITH (FORCE)"
+                    ))
+                    .await?;
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{PG_DATABASE}\""))
+                    .await?;
+                admin.close().await?;
+                let base = pg_url.rsplit_once('/').map_or(pg_url, |(b, _)| b);
+                (format!("{base}/{PG_DATABASE}"), Some(pg_url.to_owned()))
+            }
+            Backend::Sqlite => {
+                let path =
+                    std::env::temp_dir().join(format!("outbox_bench_{}.db", std::process::id()));
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+                (format!("sqlite://{}?mode=rwc", path.display()), None)
+            }
+        };
+        let db = connect(&url, 16).await?;
+        outbox_seaorm::schema::migrate(&db).await?;
+        let schema = Schema::new(db.get_database_backend());
+        db.execute(&schema.create_table_from_entity(order::Entity))
+            .await?;
+        db.execute_unprepared(
+            "CREATE TABLE bench_effects (event_id VARCHAR(36) PRIMARY KEY, order_id VARCHAR(64) NOT NULL)",
+        )
+        .await?;
+        Ok(BenchDb {
+            backend,
+            url,
+            admin_url,
+            db,
+        })
+    }
+
+    /// Empties every table the scenarios write.
+    pub(crate) async fn reset(&self) -> BoxResult<()> {
+        let tables =
+            "outbox, outbox_sequence, outbox_delivery, outbox_inbox, bench_orders, bench_effects";
+        match self.backend {
+            Backend::Postgres => {
+                self.db
+                    .execute_unprepared(&format!("TRUNCATE {tables}"))
+                    .await?;
+                self.db.execute_unprepared("VACUUM ANALYZE").await?;
+            }
+            Backend::Sqlite => {
+                for t in tables.split(", ") {
+                    self.db
+                        .execute_unprepared(&format!("DELETE FROM {t}"))
+                        .await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn version(&self) -> String {
+        let sql = match self.backend {
+            Backend::Postgres => "SELECT version()",
+            Backend::Sqlite => "SELECT 'SQLite ' || sqlite_version()",
+        };
+        match self
+            .db
+            .query_one_raw(Statement::from_string(self.db.get_database_backend(), sql))
+            .await
+        {
+            Ok(Some(row)) => row.try_get_by_index::<String>(0).unwrap_or_default(),
+            _ => format!("{} (version unknown)", self.backend.name()),
+        }
+    }
+
+    pub(crate) async fn drop_database(self) -> BoxResult<()> {
+        self.db.close().await?;
+        if let Some(admin_url) = &self.admin_url {
+            let admin = connect(admin_url, 1).await?;
+            admin
+                .execute_unprepared(&format!(
+                    "DROP DATABASE IF EXISTS \"{PG_DATABASE}\" WITH (FORCE)"
+                ))
+                .await?;
+        } else if let Some(path) = self.url.strip_prefix("sqlite://") {
+            let path = path.trim_end_matches("?mode=rwc");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{path}{suffix}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A statement written with `?` placeholders, numbered for PostgreSQL.
+pub(crate) fn stmt(backend: DbBackend, sql: &str, values: Vec<Value>) -> Statement {
+    if backend != DbBackend::Postgres {
+        return Statement::from_sql_and_values(backend, sql, values);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut n = 0;
+    for c in sql.chars() {
+        if c == '?' {
+            n += 1;
+            out.push_str(&format!("${n}"));
+        } else {
+            out.push(c);
+        }
+    }
+    Statement::from_sql_and_values(backend, out, values)
+}
+
+/// A Kafka cluster for one measurement: a fresh in-process mock cluster (returned, keep it
+/// alive) or the given brokers; [`TOPIC`] exists on it.
+pub(crate) async fn kafka(
+    brokers: Option<&str>,
+) -> BoxResult<(Option<MockCluster<'static, DefaultProducerContext>>, String)> {
+    match brokers {
+        Some(b) => {
+            provision_topics(&KafkaConfig::new(b), &[TOPIC], PARTITIONS, 1).await?;
+            Ok((None, b.to_owned()))
+        }
+        None => {
+            let cluster = MockCluster::new(1)?;
+            cluster.create_topic(TOPIC, PARTITIONS, 1)?;
+            let servers = cluster.bootstrap_servers();
+            Ok((Some(cluster), servers))
+        }
+    }
+}
