@@ -40,9 +40,17 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
     let n = opts.scaled(5_000, 50);
     let mut with = Vec::new();
     let mut without = Vec::new();
+    // Warm-up (not recorded), then A B, B A, ... so neither always goes first.
+    one(bench, false, (n / 10).max(10)).await?;
+    one(bench, true, (n / 10).max(10)).await?;
     for r in 0..opts.runs {
-        without.push(one(bench, false, n).await?);
-        with.push(one(bench, true, n).await?);
+        if r % 2 == 0 {
+            without.push(one(bench, false, n).await?);
+            with.push(one(bench, true, n).await?);
+        } else {
+            with.push(one(bench, true, n).await?);
+            without.push(one(bench, false, n).await?);
+        }
         eprintln!(
             "consumer {} run {}: without dedup {:.0}/s, with {:.0}/s",
             bench.backend.name(),

@@ -60,6 +60,9 @@ async fn one(bench: &BenchDb, variant: usize, n: usize) -> BoxResult<Latency> {
 pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> BoxResult<()> {
     let n = opts.scaled(2_000, 50);
     let mut results: Vec<Vec<Latency>> = VARIANTS.iter().map(|_| Vec::new()).collect();
+    for v in 0..VARIANTS.len() {
+        one(bench, v, (n / 10).max(10)).await?; // warm-up, not recorded
+    }
     for r in 0..opts.runs {
         for (v, label) in VARIANTS.iter().enumerate() {
             let l = one(bench, v, n).await?;

@@ -56,7 +56,10 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
         inner: KafkaPublisher::builder(&brokers).build()?,
         acks: acks.clone(),
     };
-    let relay = Relay::builder(bench.db.clone(), publisher).build();
+    // The relay has its own pool, as in a service that runs it beside the request handlers:
+    // queued saves must not make it wait for a connection.
+    let relay_db = crate::db::connect(&bench.url, 4).await?;
+    let relay = Relay::builder(relay_db.clone(), publisher).build();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let relay_task = tokio::spawn(async move {
         relay
@@ -103,6 +106,7 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
     }
     let _ = stop_tx.send(());
     relay_task.await??;
+    relay_db.close().await?;
     drop(cluster);
     let commits = commits.lock().unwrap_or_else(|p| p.into_inner());
     let acks = acks.lock().unwrap_or_else(|p| p.into_inner());
