@@ -3,18 +3,19 @@
 //! ```text
 //! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
 //!     [--batch-size 500] [--topic-prefix shop.] [--kafka-config compression.type=zstd]... \
-//!     [--provision-topics]
+//!     [--provision-topics] [--cleanup-after-secs 86400]
 //! ```
 //!
 //! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration exits with
 //! code 2; on shutdown a one-line summary is printed.
 
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use outbox_kafka::KafkaPublisher;
-use outbox_seaorm::Relay;
+use outbox_seaorm::{Cleanup, Relay};
+use tokio::sync::watch;
 
 /// Publishes the outbox table to Kafka.
 #[derive(Debug, Parser)]
@@ -38,6 +39,15 @@ struct Args {
     /// Create each topic (3 partitions, replication 1) the first time it is published to.
     #[arg(long, env = "OUTBOX_PROVISION_TOPICS")]
     provision_topics: bool,
+    /// Also delete published rows (and applied inbox rows) older than this many seconds, in
+    /// bounded batches. Off unless given.
+    #[arg(long, env = "OUTBOX_CLEANUP_AFTER_SECS")]
+    cleanup_after_secs: Option<u64>,
+}
+
+/// Completes once `stop` turns true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -120,11 +130,33 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let cleanup = args.cleanup_after_secs.map(|secs| {
+        let keep = Duration::from_secs(secs);
+        let cleanup = Cleanup::builder(db.clone())
+            .published_retention(keep)
+            .inbox_retention(keep)
+            .build();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { cleanup.run_until(stop).await })
+    });
     let relay = Relay::builder(db, publisher)
         .batch_size(args.batch_size)
         .build();
     let started = Instant::now();
-    match relay.run_until(shutdown_signal()).await {
+    let outcome = relay.run_until(stopped(stop_rx)).await;
+    if let Some(cleanup) = cleanup {
+        match cleanup.await {
+            Ok(Err(e)) => eprintln!("outbox-relay: cleanup stopped: {}", chain(&e)),
+            Err(e) => eprintln!("outbox-relay: cleanup task failed: {e}"),
+            Ok(Ok(_)) => {}
+        }
+    }
+    match outcome {
         Ok(stats) => {
             println!(
                 "outbox-relay: published {}, retried {}, dead-lettered {}, elapsed {:.1}s",
