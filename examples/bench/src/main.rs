@@ -131,7 +131,9 @@ async fn run(opts: Opts) -> BoxResult<()> {
         if opts.wants("dispatch") {
             dispatch::run(&opts, &bench, &mut report).await?;
         }
-        bench.drop_database().await?;
+        if std::env::var_os("BENCH_KEEP_DB").is_none() {
+            bench.drop_database().await?;
+        }
     }
     let text = report.render();
     println!("{text}");

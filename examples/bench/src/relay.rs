@@ -210,7 +210,20 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
         "ours" => {
             let before = pending_count(&db).await?;
             let publisher = KafkaPublisher::builder(&args.child_brokers).build()?;
-            let relay = Relay::builder(db.clone(), publisher).build();
+            let mut builder = Relay::builder(db.clone(), publisher);
+            if let Some(rows) = std::env::var("BENCH_RELAY_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                builder = builder.batch_size(rows);
+            }
+            if let Some(shards) = std::env::var("BENCH_RELAY_SHARDS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                builder = builder.shards_per_claim(shards);
+            }
+            let relay = builder.build();
             let (cpu0, t0) = (cpu_time(), Instant::now());
             loop {
                 let report = relay.run_once().await?;
