@@ -3,6 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use outbox_core::{Envelope, EventType, Handler, HandlerRegistry, RetryPolicy};
@@ -59,16 +60,64 @@ pub struct ConsumerStats {
     pub ignored: u64,
 }
 
+/// The offset after the last message done, per (topic, partition) this consumer owns.
+type DoneOffsets = HashMap<(String, i32), i64>;
+
 struct GroupContext {
     group: String,
+    done: Mutex<DoneOffsets>,
+}
+
+impl GroupContext {
+    fn done(&self) -> std::sync::MutexGuard<'_, DoneOffsets> {
+        self.done
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Commits, synchronously, what was done on `partitions` (all owned ones when `None`) and
+    /// forgets them: never a partition's position, which may be past an unprocessed message,
+    /// and never a partition another member owns by now.
+    fn commit_done(&self, consumer: &impl Consumer<Self>, partitions: Option<&TopicPartitionList>) {
+        let taken: Vec<((String, i32), i64)> = {
+            let mut done = self.done();
+            match partitions {
+                None => done.drain().collect(),
+                Some(tpl) => tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| {
+                        let key = (e.topic().to_owned(), e.partition());
+                        done.remove(&key).map(|next| (key, next))
+                    })
+                    .collect(),
+            }
+        };
+        if taken.is_empty() {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &taken {
+            if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
+                tracing::warn!(group = %self.group, error = %error, "offset commit skipped");
+            }
+        }
+        if let Err(error) = consumer.commit(&tpl, CommitMode::Sync) {
+            tracing::warn!(group = %self.group, error = %error, "offset commit failed");
+        }
+    }
 }
 
 impl ClientContext for GroupContext {}
 
 impl ConsumerContext for GroupContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        // Offsets are committed after each message, so nothing is pending here.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         tracing::info!(group = %self.group, ?rebalance, "rebalance");
+        // Hand revoked partitions over with everything done on them committed, so the next
+        // owner starts right after it instead of redelivering what a lost async commit left.
+        if let Rebalance::Revoke(revoked) = rebalance {
+            self.commit_done(consumer, Some(revoked));
+        }
     }
 }
 
@@ -224,6 +273,7 @@ impl KafkaConsumerBuilder {
             .to_client_config()
             .create_with_context(GroupContext {
                 group: self.group.clone(),
+                done: Mutex::new(HashMap::new()),
             })
             .map_err(SetupError::Client)?;
         let names: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -303,7 +353,6 @@ impl KafkaConsumer {
         shutdown: F,
     ) -> Result<ConsumerStats, SetupError> {
         let mut stats = ConsumerStats::default();
-        let mut done: HashMap<(String, i32), i64> = HashMap::new();
         tokio::pin!(shutdown);
         loop {
             let message = tokio::select! {
@@ -344,7 +393,7 @@ impl KafkaConsumer {
             if !committed {
                 break;
             }
-            done.insert(
+            self.consumer.context().done().insert(
                 (message.topic().to_owned(), message.partition()),
                 message.offset() + 1,
             );
@@ -352,21 +401,8 @@ impl KafkaConsumer {
                 tracing::warn!(group = %self.group, error = %error, "offset commit failed");
             }
         }
-        // Commit, synchronously, what was done, and only that: never the consumer's position,
-        // which may be past a message that was not processed.
-        if !done.is_empty() {
-            let mut tpl = TopicPartitionList::new();
-            for ((topic, partition), next) in &done {
-                if let Err(error) =
-                    tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-                {
-                    tracing::warn!(group = %self.group, error = %error, "final commit skipped");
-                }
-            }
-            if let Err(error) = self.consumer.commit(&tpl, CommitMode::Sync) {
-                tracing::warn!(group = %self.group, error = %error, "final offset commit failed");
-            }
-        }
+        // Commit, synchronously, what was done on the partitions still owned.
+        self.consumer.context().commit_done(&self.consumer, None);
         Ok(stats)
     }
 
