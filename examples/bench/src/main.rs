@@ -138,7 +138,12 @@ async fn run(opts: Opts) -> BoxResult<()> {
     let text = report.render();
     println!("{text}");
     if opts.out != "-" {
-        std::fs::write(&opts.out, &text)?;
+        // Hand-written notes below the marker (analysis of the misses) survive a rerun.
+        let notes = std::fs::read_to_string(&opts.out)
+            .ok()
+            .and_then(|old| old.find(report::NOTES_MARKER).map(|i| old[i..].to_owned()))
+            .unwrap_or_default();
+        std::fs::write(&opts.out, format!("{text}{notes}"))?;
         eprintln!("written to {}", opts.out);
     }
     Ok(())
