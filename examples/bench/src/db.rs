@@ -48,7 +48,10 @@ pub(crate) async fn connect(url: &str, max: u32) -> BoxResult<DatabaseConnection
         .min_connections(0)
         .connect_timeout(Duration::from_secs(5))
         .acquire_timeout(Duration::from_secs(60))
-        .sqlx_logging(false);
+        .sqlx_logging(false)
+        // SQLite serializes writers: 8 clients on a busy machine wait longer than sqlx's 5 s
+        // default before their turn, which is contention to measure, not an error.
+        .map_sqlx_sqlite_opts(|o| o.busy_timeout(Duration::from_secs(120)));
     Ok(Database::connect(opts).await?)
 }
 

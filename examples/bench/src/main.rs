@@ -134,9 +134,17 @@ async fn run(opts: Opts) -> BoxResult<()> {
         if std::env::var_os("BENCH_KEEP_DB").is_none() {
             bench.drop_database().await?;
         }
+        // After each backend, so that a failure later keeps what was measured.
+        write_report(&opts, &report, false)?;
     }
+    write_report(&opts, &report, true)
+}
+
+fn write_report(opts: &Opts, report: &Report, last: bool) -> BoxResult<()> {
     let text = report.render();
-    println!("{text}");
+    if last {
+        println!("{text}");
+    }
     if opts.out != "-" {
         // Hand-written notes below the marker (analysis of the misses) survive a rerun.
         let notes = std::fs::read_to_string(&opts.out)
@@ -144,7 +152,9 @@ async fn run(opts: Opts) -> BoxResult<()> {
             .and_then(|old| old.find(report::NOTES_MARKER).map(|i| old[i..].to_owned()))
             .unwrap_or_default();
         std::fs::write(&opts.out, format!("{text}{notes}"))?;
-        eprintln!("written to {}", opts.out);
+        if last {
+            eprintln!("written to {}", opts.out);
+        }
     }
     Ok(())
 }
