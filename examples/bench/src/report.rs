@@ -23,6 +23,7 @@ pub(crate) struct Report {
     kafka: String,
     runs: usize,
     scale: f64,
+    load_at_start: String,
     pub(crate) versions: Vec<String>,
     pub(crate) sections: Vec<Section>,
     pub(crate) checks: Vec<Check>,
@@ -58,6 +59,7 @@ impl Report {
             },
             runs: opts.runs,
             scale: opts.scale,
+            load_at_start: cmd("uptime", &[]).unwrap_or_default(),
             versions: Vec::new(),
             sections: Vec::new(),
             checks: Vec::new(),
@@ -81,6 +83,7 @@ impl Report {
         for (k, v) in machine() {
             let _ = writeln!(s, "| {k} | {v} |");
         }
+        let _ = writeln!(s, "| load at start (uptime) | {} |", self.load_at_start);
         for v in &self.versions {
             let _ = writeln!(s, "| database | {v} |");
         }
