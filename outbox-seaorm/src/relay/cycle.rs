@@ -111,8 +111,14 @@ impl fmt::Debug for Row {
     }
 }
 
-/// The batch query: pending, due rows, oldest first, leaving out aggregates held back by an
-/// earlier row that waits for a retry (or is dead, under [`DeadLetterPolicy::Block`]).
+/// The batch query: pending, due rows, oldest first within each shard, leaving out aggregates
+/// held back by an earlier row that waits for a retry (or is dead, under
+/// [`DeadLetterPolicy::Block`]).
+///
+/// Ordered by (shard, position), which the claim index `(status, shard, position)` yields as
+/// it is: ordering by position alone let PostgreSQL walk the primary key past every published
+/// row while draining a backlog. All events of an aggregate share a shard, so its events still
+/// come in position (= commit) order.
 ///
 /// The held-back aggregates come from a small derived table (the rows that block: waiting or
 /// dead ones, few in normal operation), joined to the pending rows; so the cost stays linear in
@@ -136,7 +142,7 @@ fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
          ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
          WHERE o.status = 0 AND o.next_attempt_at <= ?{outer} \
          AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
-         ORDER BY o.position LIMIT ?"
+         ORDER BY o.shard, o.position LIMIT ?"
     )
 }
 
