@@ -94,6 +94,11 @@ impl fmt::Debug for Written {
 ///    (event, in-process handler of `handlers`), due for recovery `grace` after now;
 /// 4. on PostgreSQL, `pg_notify('outbox', '')` wakes the relay when the transaction commits.
 ///
+/// On PostgreSQL steps 2 to 4 are one statement (one round trip): the `outbox_sequence` upsert
+/// is a data-modifying CTE whose returned last sequence numbers the outbox rows, so the row lock
+/// is still held before any outbox row gets its position. Saves of more than 1000 events or
+/// delivery rows run them as separate statements, as MariaDB and SQLite always do.
+///
 /// The contract: `conn` must be a transaction (a [`sea_orm::DatabaseTransaction`]) that also
 /// carries the aggregate's own row, so that both commit or roll back together. After it
 /// committed, call [`crate::Outbox::after_commit`] with the aggregate and the returned
@@ -137,32 +142,46 @@ where
         envelopes.push(envelope);
     }
     let count = i64::try_from(envelopes.len()).unwrap_or(i64::MAX);
-    let last = bump_sequence(conn, aggregate_type, &aggregate_id, count).await?;
-    let first = last - count + 1;
-    let envelopes: Vec<Envelope> = envelopes
-        .into_iter()
-        .zip(first..)
-        .map(|(e, sequence)| resequence(e, sequence))
-        .collect();
-
-    let now = time::now_micros();
-    insert_outbox_rows(conn, &envelopes, now).await?;
-
     let handlers: Vec<Vec<Handler>> = envelopes
         .iter()
         .map(|e| handlers.local(e.event_name()).copied().collect())
         .collect();
+    let now = time::now_micros();
     let due = now.saturating_add(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX));
-    insert_delivery_rows(conn, &envelopes, &handlers, now, due).await?;
-
-    if conn.get_database_backend() == DbBackend::Postgres {
-        conn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_notify($1, '')",
-            [NOTIFY_CHANNEL.into()],
-        ))
+    let deliveries: usize = handlers.iter().map(Vec::len).sum();
+    let one_statement = conn.get_database_backend() == DbBackend::Postgres
+        && envelopes.len() <= ROWS_PER_INSERT
+        && deliveries <= ROWS_PER_INSERT;
+    let (first, envelopes) = if one_statement {
+        // Sequence bump, outbox rows, delivery rows and NOTIFY in one round trip.
+        let last = write_postgres(
+            conn,
+            aggregate_type,
+            &aggregate_id,
+            &envelopes,
+            &handlers,
+            now,
+            due,
+        )
         .await?;
-    }
+        let first = last - count + 1;
+        (first, resequence_all(envelopes, first))
+    } else {
+        let last = bump_sequence(conn, aggregate_type, &aggregate_id, count).await?;
+        let first = last - count + 1;
+        let envelopes = resequence_all(envelopes, first);
+        insert_outbox_rows(conn, &envelopes, now).await?;
+        insert_delivery_rows(conn, &envelopes, &handlers, now, due).await?;
+        if conn.get_database_backend() == DbBackend::Postgres {
+            conn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_notify($1, '')",
+                [NOTIFY_CHANNEL.into()],
+            ))
+            .await?;
+        }
+        (first, envelopes)
+    };
     tracing::debug!(
         aggregate_type,
         aggregate_id = %aggregate_id,
@@ -174,6 +193,14 @@ where
         envelopes,
         handlers,
     })
+}
+
+fn resequence_all(envelopes: Vec<Envelope>, first: i64) -> Vec<Envelope> {
+    envelopes
+        .into_iter()
+        .zip(first..)
+        .map(|(e, sequence)| resequence(e, sequence))
+        .collect()
 }
 
 fn resequence(envelope: Envelope, sequence: i64) -> Envelope {
@@ -252,6 +279,136 @@ async fn bump_sequence<C: ConnectionTrait>(
     Ok(row.try_get_by_index::<i64>(0)?)
 }
 
+/// The metadata column of `e`: `NULL` when it has none, else its JSON.
+fn metadata_json(e: &Envelope) -> Result<Option<String>, Error> {
+    if e.metadata().is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(e.metadata())
+        .map(Some)
+        .map_err(|source| Error::Row {
+            event_id: e.id().to_string(),
+            source,
+        })
+}
+
+/// PostgreSQL: the whole write in one statement, returning the aggregate's new last sequence.
+///
+/// The `outbox_sequence` upsert is a data-modifying CTE (`s`); the outbox insert (`o`) reads its
+/// returned `last_sequence` to number its rows, so no outbox row (and no `position` from the
+/// identity sequence) exists before the upsert has taken, or waited for, the sequence row lock:
+/// concurrent saves of one aggregate stay serialized exactly as with separate statements. The
+/// main `SELECT` reads `s` and calls `pg_notify` once (delivered at commit, as before); `o` and
+/// the delivery insert `d` are not read by it, so PostgreSQL runs them to completion at the end
+/// of the statement. The events' sequence numbers are `last - count + k` for k = 1..=count, the
+/// same ones the caller computes from the returned `last`.
+async fn write_postgres<C: ConnectionTrait>(
+    conn: &C,
+    aggregate_type: &str,
+    aggregate_id: &str,
+    envelopes: &[Envelope],
+    handlers: &[Vec<Handler>],
+    now: i64,
+    due: i64,
+) -> Result<i64, Error> {
+    use std::fmt::Write as _;
+
+    let count = i64::try_from(envelopes.len()).unwrap_or(i64::MAX);
+    let mut values: Vec<sea_orm::Value> = vec![
+        aggregate_type.into(),
+        aggregate_id.into(),
+        count.into(),
+        now.into(),
+        due.into(),
+        NOTIFY_CHANNEL.into(),
+    ];
+    let mut sql = String::from(
+        "WITH s AS (\
+         INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+         VALUES ($1::varchar, $2::varchar, $3::bigint) \
+         ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
+         SET last_sequence = outbox_sequence.last_sequence + EXCLUDED.last_sequence \
+         RETURNING last_sequence), \
+         o AS (\
+         INSERT INTO outbox (id, aggregatetype, aggregateid, type, version, sequence, payload, \
+         metadata, topic, shard, occurred_at, created_at, status, attempts, next_attempt_at) \
+         SELECT v.id, $1::varchar, $2::varchar, v.type, v.version, \
+         s.last_sequence - $3::bigint + v.k, v.payload, v.metadata, v.topic, v.shard, \
+         v.occurred_at, $4::bigint, 0, 0, $4::bigint \
+         FROM s CROSS JOIN (VALUES ",
+    );
+    for (k, e) in envelopes.iter().enumerate() {
+        let n = values.len();
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(
+            sql,
+            "({}::bigint, ${}::varchar, ${}::varchar, ${}::integer, ${}::text, ${}::text, \
+             ${}::varchar, ${}::smallint, ${}::bigint)",
+            k + 1,
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+        );
+        values.extend([
+            e.id().to_string().into(),
+            e.event_name().into(),
+            i32::try_from(e.event_version()).unwrap_or(i32::MAX).into(),
+            e.payload().into(),
+            metadata_json(e)?.into(),
+            e.topic().map(str::to_owned).into(),
+            crate::shard_of(e.aggregate_type(), e.aggregate_id()).into(),
+            time::to_micros(e.occurred_at()).into(),
+        ]);
+    }
+    sql.push_str(
+        ") AS v(k, id, type, version, payload, metadata, topic, shard, occurred_at) \
+         ORDER BY v.k)",
+    );
+    let mut first_delivery = true;
+    for (e, hs) in envelopes.iter().zip(handlers) {
+        for h in hs {
+            let n = values.len();
+            if first_delivery {
+                sql.push_str(
+                    ", d AS (INSERT INTO outbox_delivery \
+                     (event_id, handler, status, attempts, next_attempt_at, created_at) \
+                     SELECT v.event_id, v.handler, 0, 0, $5::bigint, $4::bigint FROM (VALUES ",
+                );
+                first_delivery = false;
+            } else {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "(${}::varchar, ${}::varchar)", n + 1, n + 2);
+            values.extend([e.id().to_string().into(), h.id().into()]);
+        }
+    }
+    if !first_delivery {
+        sql.push_str(") AS v(event_id, handler))");
+    }
+    sql.push_str(" SELECT s.last_sequence, pg_notify($6, '') FROM s");
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?
+        .ok_or_else(|| {
+            sea_orm::DbErr::RecordNotFound(format!(
+                "outbox_sequence row of {aggregate_type} {aggregate_id}"
+            ))
+        })?;
+    Ok(row.try_get_by_index::<i64>(0)?)
+}
+
 async fn insert_outbox_rows<C: ConnectionTrait>(
     conn: &C,
     envelopes: &[Envelope],
@@ -279,16 +436,7 @@ async fn insert_outbox_rows<C: ConnectionTrait>(
             ])
             .to_owned();
         for e in chunk {
-            let metadata = if e.metadata().is_empty() {
-                None
-            } else {
-                Some(
-                    serde_json::to_string(e.metadata()).map_err(|source| Error::Row {
-                        event_id: e.id().to_string(),
-                        source,
-                    })?,
-                )
-            };
+            let metadata = metadata_json(e)?;
             insert.values_panic([
                 Expr::val(e.id().to_string()),
                 Expr::val(e.aggregate_type()),
