@@ -9,7 +9,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, RetryPolicy};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, TransactionTrait};
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, IsolationLevel, Statement,
+    TransactionTrait,
+};
 
 use crate::error::Error;
 use crate::outbox::Outbox;
@@ -409,7 +412,15 @@ impl DeliveryWorker {
     async fn claim(&self, db: &DatabaseConnection) -> Result<Vec<(String, String)>, Error> {
         let backend = db.get_database_backend();
         let now = time::now_micros();
-        let txn = crate::outbox::begin_write(db).await?;
+        // READ COMMITTED on the servers: under InnoDB's REPEATABLE READ the skip-locked claim
+        // takes gap locks, and two workers claiming at once could deadlock on each other's.
+        let txn = match backend {
+            DbBackend::Sqlite => crate::outbox::begin_write(db).await?,
+            _ => {
+                db.begin_with_config(Some(IsolationLevel::ReadCommitted), None)
+                    .await?
+            }
+        };
         let mut select = Query::select()
             .columns([D::EventId, D::Handler])
             .from(D::Table)
