@@ -155,12 +155,12 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         note: format!(
             "{total} transactions per contender and run. The baseline is one autocommit \
              `INSERT` of the entity (`Entity::insert(..).exec_without_returning`); `save` runs \
-             `BEGIN`, the entity upsert, the `outbox_sequence` upsert, one multi-row outbox \
-             insert{}, `COMMIT`. No in-process handlers.",
+             `BEGIN`, the entity upsert, {}, `COMMIT`. No in-process handlers.",
             if bench.backend == crate::db::Backend::Postgres {
-                ", `pg_notify`"
+                "one statement that bumps `outbox_sequence`, inserts the outbox rows and \
+                 `pg_notify`s the relay (a data-modifying CTE)"
             } else {
-                ""
+                "the `outbox_sequence` upsert, one multi-row outbox insert"
             }
         ),
         header: vec!["contender", "tx/s", "vs baseline", "p50 ms", "p99 ms"],
