@@ -38,3 +38,26 @@ impl Error {
         false
     }
 }
+
+/// An error and its sources, joined with `: ` (what logs and dead-letter headers carry).
+///
+/// ```
+/// use std::io;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// #[error("publishing failed")]
+/// struct Outer(#[source] io::Error);
+///
+/// let error = Outer(io::Error::other("broker down"));
+/// assert_eq!(outbox_core::error_chain(&error), "publishing failed: broker down");
+/// ```
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    out
+}

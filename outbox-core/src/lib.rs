@@ -68,7 +68,7 @@ pub use dispatch::{
     DeferredDispatcher, DispatchJob, Dispatcher, InlineDispatcher, SpawnDispatcher,
 };
 pub use envelope::{Envelope, EnvelopeBuilder, EventMetadata};
-pub use error::Error;
+pub use error::{Error, error_chain};
 pub use event::{DomainEvent, DomainEvents, EventType, PendingEvent};
 pub use handler::{
     BoxError, BoxFuture, EventContext, Handler, HandlerError, HandlerErrorKind, HandlerFn,

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use outbox_core::{Envelope, EventType, Handler, HandlerRegistry, RetryPolicy};
+use outbox_core::{Envelope, EventType, Handler, HandlerRegistry, RetryPolicy, error_chain};
 use outbox_seaorm::inbox::{Inbox, InboxError, Processed};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -303,17 +303,6 @@ enum Outcome {
     Shutdown,
 }
 
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
-
 impl KafkaConsumer {
     /// Starts a consumer of group `group` on `brokers`, applying events through the inbox in
     /// `db` with the group's handlers from `registry`.
@@ -471,14 +460,14 @@ impl KafkaConsumer {
                 Err(error @ InboxError::Database(_)) => {
                     db_failures += 1;
                     tracing::warn!(group = %self.group, event_id = %envelope.id(),
-                        error = %chain(&error), "inbox database error; retrying");
+                        error = %error_chain(&error), "inbox database error; retrying");
                     self.retry.delay_after(db_failures.min(20))
                 }
                 Err(error) => {
                     let permanent = !error.is_retryable();
                     if permanent || !self.retry.should_retry(attempt) {
                         tracing::warn!(group = %self.group, event_id = %envelope.id(),
-                            handler = handler.id(), attempt, error = %chain(&error),
+                            handler = handler.id(), attempt, error = %error_chain(&error),
                             "handler failed; dead-lettering");
                         return Outcome::DeadLetter {
                             reason: if permanent {
@@ -486,13 +475,13 @@ impl KafkaConsumer {
                             } else {
                                 "handler-failed".to_owned()
                             },
-                            error: chain(&error),
+                            error: error_chain(&error),
                             attempts: attempt,
                             handler: Some(handler.id()),
                         };
                     }
                     tracing::info!(group = %self.group, event_id = %envelope.id(),
-                        handler = handler.id(), attempt, error = %chain(&error), "handler failed; retrying");
+                        handler = handler.id(), attempt, error = %error_chain(&error), "handler failed; retrying");
                     stats.retries += 1;
                     let delay = self.retry.delay_after(attempt);
                     attempt += 1;

@@ -13,6 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use outbox_core::error_chain;
 use outbox_kafka::KafkaPublisher;
 use outbox_seaorm::{Cleanup, Relay};
 use tokio::sync::watch;
@@ -116,7 +117,7 @@ async fn run(args: Args) -> ExitCode {
     let publisher = match builder.build() {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("outbox-relay: bad Kafka configuration: {}", chain(&e));
+            eprintln!("outbox-relay: bad Kafka configuration: {}", error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -125,7 +126,7 @@ async fn run(args: Args) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "outbox-relay: cannot connect to the database: {}",
-                chain(&e)
+                error_chain(&e)
             );
             return ExitCode::from(2);
         }
@@ -151,7 +152,7 @@ async fn run(args: Args) -> ExitCode {
     let outcome = relay.run_until(stopped(stop_rx)).await;
     if let Some(cleanup) = cleanup {
         match cleanup.await {
-            Ok(Err(e)) => eprintln!("outbox-relay: cleanup stopped: {}", chain(&e)),
+            Ok(Err(e)) => eprintln!("outbox-relay: cleanup stopped: {}", error_chain(&e)),
             Err(e) => eprintln!("outbox-relay: cleanup task failed: {e}"),
             Ok(Ok(_)) => {}
         }
@@ -168,19 +169,8 @@ async fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("outbox-relay: {}", chain(&e));
+            eprintln!("outbox-relay: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut next = error.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
 }

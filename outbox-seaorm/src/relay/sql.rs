@@ -73,17 +73,7 @@ pub(crate) async fn scalar<C: ConnectionTrait>(
     }
 }
 
-/// An error and its sources, joined with `: `.
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    out
-}
+pub(crate) use outbox_core::error_chain;
 
 #[cfg(test)]
 mod tests {
