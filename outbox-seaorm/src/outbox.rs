@@ -13,7 +13,10 @@ use sea_orm::{
 use crate::delivery::dispatch_job;
 use crate::error::Error;
 use crate::uow::UnitOfWork;
-use crate::write::{ActiveOf, Written, delete_model, forget_written, upsert_model, write_events};
+use crate::write::{
+    ActiveOf, Written, delete_model, fits_one_statement, forget_written, upsert_model,
+    upsert_statement, write, write_events,
+};
 
 /// Saves aggregates together with their pending events, and runs the in-process handlers after
 /// the commit.
@@ -161,7 +164,29 @@ impl Outbox {
         A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
-        let txn = begin_write(&self.inner.db).await?;
+        let db = &self.inner.db;
+        if db.get_database_backend() == DbBackend::Postgres {
+            // One statement is atomic on its own: the entity upsert, the sequence bump, the
+            // outbox and delivery rows and the NOTIFY go in one round trip, without BEGIN and
+            // COMMIT.
+            if aggregate.pending_events().is_empty() {
+                return upsert_model(db, &*aggregate).await;
+            }
+            if fits_one_statement(&*aggregate, &self.inner.handlers) {
+                let entity = upsert_statement(&*aggregate, DbBackend::Postgres);
+                let written = write(
+                    db,
+                    Some(entity),
+                    &*aggregate,
+                    &self.inner.handlers,
+                    self.inner.grace,
+                )
+                .await?;
+                self.after_commit(aggregate, written).await;
+                return Ok(());
+            }
+        }
+        let txn = begin_write(db).await?;
         upsert_model(&txn, &*aggregate).await?;
         let written = self.write(&txn, &*aggregate).await?;
         txn.commit().await?;

@@ -122,6 +122,35 @@ where
     A: AggregateRoot + ?Sized,
     C: ConnectionTrait,
 {
+    write(conn, None, aggregate, handlers, grace).await
+}
+
+/// Whether a save of `aggregate` fits the single-statement path on PostgreSQL.
+pub(crate) fn fits_one_statement<A>(aggregate: &A, handlers: &HandlerRegistry) -> bool
+where
+    A: AggregateRoot + ?Sized,
+{
+    let pending = aggregate.pending_events().as_slice();
+    let deliveries: usize = pending
+        .iter()
+        .map(|e| handlers.local(e.name()).count())
+        .sum();
+    !pending.is_empty() && pending.len() <= ROWS_PER_INSERT && deliveries <= ROWS_PER_INSERT
+}
+
+/// [`write_events`]; on PostgreSQL, `entity` (the aggregate's own upsert, built for PostgreSQL)
+/// runs as the first part of the same statement. Only pass it when [`fits_one_statement`] holds.
+pub(crate) async fn write<A, C>(
+    conn: &C,
+    entity: Option<Statement>,
+    aggregate: &A,
+    handlers: &HandlerRegistry,
+    grace: Duration,
+) -> Result<Written, Error>
+where
+    A: AggregateRoot + ?Sized,
+    C: ConnectionTrait,
+{
     let pending = aggregate.pending_events().as_slice();
     if pending.is_empty() {
         return Ok(Written::empty());
@@ -156,6 +185,7 @@ where
         // Sequence bump, outbox rows, delivery rows and NOTIFY in one round trip.
         let last = write_postgres(
             conn,
+            entity,
             aggregate_type,
             &aggregate_id,
             &envelopes,
@@ -302,8 +332,10 @@ fn metadata_json(e: &Envelope) -> Result<Option<String>, Error> {
 /// the delivery insert `d` are not read by it, so PostgreSQL runs them to completion at the end
 /// of the statement. The events' sequence numbers are `last - count + k` for k = 1..=count, the
 /// same ones the caller computes from the returned `last`.
+#[allow(clippy::too_many_arguments)]
 async fn write_postgres<C: ConnectionTrait>(
     conn: &C,
+    entity: Option<Statement>,
     aggregate_type: &str,
     aggregate_id: &str,
     envelopes: &[Envelope],
@@ -314,27 +346,40 @@ async fn write_postgres<C: ConnectionTrait>(
     use std::fmt::Write as _;
 
     let count = i64::try_from(envelopes.len()).unwrap_or(i64::MAX);
-    let mut values: Vec<sea_orm::Value> = vec![
+    // The entity's own upsert, when given, is the first CTE; its parameters come first.
+    let (mut sql, mut values) = match entity {
+        Some(Statement {
+            sql,
+            values: Some(values),
+            ..
+        }) => (format!("WITH e AS ({sql}), "), values.0),
+        Some(Statement { sql, .. }) => (format!("WITH e AS ({sql}), "), Vec::new()),
+        None => ("WITH ".to_owned(), Vec::new()),
+    };
+    let p = values.len();
+    let (p1, p2, p3, p4, p5, p6) = (p + 1, p + 2, p + 3, p + 4, p + 5, p + 6);
+    values.extend([
         aggregate_type.into(),
         aggregate_id.into(),
         count.into(),
         now.into(),
         due.into(),
         NOTIFY_CHANNEL.into(),
-    ];
-    let mut sql = String::from(
-        "WITH s AS (\
+    ]);
+    let _ = write!(
+        sql,
+        "s AS (\
          INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
-         VALUES ($1::varchar, $2::varchar, $3::bigint) \
+         VALUES (${p1}::varchar, ${p2}::varchar, ${p3}::bigint) \
          ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
          SET last_sequence = outbox_sequence.last_sequence + EXCLUDED.last_sequence \
          RETURNING last_sequence), \
          o AS (\
          INSERT INTO outbox (id, aggregatetype, aggregateid, type, version, sequence, payload, \
          metadata, topic, shard, occurred_at, created_at, status, attempts, next_attempt_at) \
-         SELECT v.id, $1::varchar, $2::varchar, v.type, v.version, \
-         s.last_sequence - $3::bigint + v.k, v.payload, v.metadata, v.topic, v.shard, \
-         v.occurred_at, $4::bigint, 0, 0, $4::bigint \
+         SELECT v.id, ${p1}::varchar, ${p2}::varchar, v.type, v.version, \
+         s.last_sequence - ${p3}::bigint + v.k, v.payload, v.metadata, v.topic, v.shard, \
+         v.occurred_at, ${p4}::bigint, 0, 0, ${p4}::bigint \
          FROM s CROSS JOIN (VALUES ",
     );
     for (k, e) in envelopes.iter().enumerate() {
@@ -380,8 +425,9 @@ async fn write_postgres<C: ConnectionTrait>(
                 sql.push_str(
                     ", d AS (INSERT INTO outbox_delivery \
                      (event_id, handler, status, attempts, next_attempt_at, created_at) \
-                     SELECT v.event_id, v.handler, 0, 0, $5::bigint, $4::bigint FROM (VALUES ",
+                     SELECT v.event_id, v.handler, 0, 0, $",
                 );
+                let _ = write!(sql, "{p5}::bigint, ${p4}::bigint FROM (VALUES ");
                 first_delivery = false;
             } else {
                 sql.push_str(", ");
@@ -393,7 +439,7 @@ async fn write_postgres<C: ConnectionTrait>(
     if !first_delivery {
         sql.push_str(") AS v(event_id, handler))");
     }
-    sql.push_str(" SELECT s.last_sequence, pg_notify($6, '') FROM s");
+    let _ = write!(sql, " SELECT s.last_sequence, pg_notify(${p6}, '') FROM s");
     let row = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -509,6 +555,17 @@ where
     ActiveOf<M>: ActiveModelTrait<Entity = M::Entity>,
     C: ConnectionTrait,
 {
+    conn.execute_raw(upsert_statement(model, conn.get_database_backend()))
+        .await?;
+    Ok(())
+}
+
+/// The statement [`upsert_model`] runs, built for `backend`.
+pub(crate) fn upsert_statement<M>(model: &M, backend: DbBackend) -> Statement
+where
+    M: ModelTrait + IntoActiveModel<ActiveOf<M>>,
+    ActiveOf<M>: ActiveModelTrait<Entity = M::Entity>,
+{
     let keys: Vec<_> = <<M::Entity as EntityTrait>::PrimaryKey as Iterable>::iter()
         .map(PrimaryKeyToColumn::into_column)
         .collect();
@@ -521,11 +578,9 @@ where
     } else {
         on_conflict.update_columns(others);
     }
-    let insert = M::Entity::insert(model.clone().into_active_model())
+    M::Entity::insert(model.clone().into_active_model())
         .on_conflict(on_conflict)
-        .into_query();
-    conn.execute(&insert).await?;
-    Ok(())
+        .build(backend)
 }
 
 /// Deletes `model`'s row; `false` when there was none.

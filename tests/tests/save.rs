@@ -620,6 +620,50 @@ async fn commit_after_an_ignored_failure_never_loses_events(t: TestDb) {
     }
 }
 
+/// The entity's own write fails (a CHECK constraint): nothing of the save stays, on the
+/// servers' single-statement path (PostgreSQL) and transaction path (MariaDB) alike.
+async fn a_failing_entity_write_leaves_no_event(t: TestDb) {
+    let outbox = setup(&t).await;
+    t.db.execute_unprepared(
+        "ALTER TABLE orders ADD CONSTRAINT amount_not_negative CHECK (amount >= 0)",
+    )
+    .await
+    .expect("add check");
+    let mut bad = new_order("neg", -5);
+    let result = outbox.save(&mut bad).await;
+    assert!(result.is_err(), "the CHECK constraint must fail the save");
+    assert_eq!(bad.events.len(), 1, "the aggregate keeps its event");
+    assert_eq!(count(&t.db, "SELECT COUNT(*) FROM outbox", vec![]).await, 0);
+    assert_eq!(
+        count(&t.db, "SELECT COUNT(*) FROM outbox_sequence", vec![]).await,
+        0
+    );
+    assert_eq!(count(&t.db, "SELECT COUNT(*) FROM orders", vec![]).await, 0);
+    // Fixed and saved again: the same event, sequence 1.
+    bad.amount = 5;
+    outbox.save(&mut bad).await.expect("save");
+    let rows = outbox_rows(&t.db, "neg").await;
+    assert_eq!(rows.iter().map(|r| r.sequence).collect::<Vec<_>>(), [1]);
+}
+
+mod entity_write_failure {
+    use outbox_tests::{Backend, fresh};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if let Some(t) = fresh(Backend::Postgres, "save::entity_write_failure").await {
+            super::a_failing_entity_write_leaves_no_event(t).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mariadb() {
+        if let Some(t) = fresh(Backend::MariaDb, "save::entity_write_failure").await {
+            super::a_failing_entity_write_leaves_no_event(t).await;
+        }
+    }
+}
+
 db_tests!(
     commit_after_an_ignored_failure_never_loses_events,
     insert_then_update_with_ordered_sequences,
