@@ -14,7 +14,7 @@ use crate::delivery::dispatch_job;
 use crate::error::Error;
 use crate::uow::UnitOfWork;
 use crate::write::{
-    ActiveOf, Written, delete_model, fits_one_statement, forget_written, upsert_model,
+    ActiveOf, Written, delete_existing, fits_one_statement, forget_written, upsert_model,
     upsert_statement, write, write_events,
 };
 
@@ -206,12 +206,7 @@ impl Outbox {
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
         let txn = begin_write(&self.inner.db).await?;
-        if !delete_model(&txn, &*aggregate).await? {
-            return Err(Error::NotFound {
-                aggregate_type: A::AGGREGATE_TYPE,
-                aggregate_id: aggregate.aggregate_id(),
-            });
-        }
+        delete_existing(&txn, &*aggregate).await?;
         let written = self.write(&txn, &*aggregate).await?;
         txn.commit().await?;
         self.after_commit(aggregate, written).await;

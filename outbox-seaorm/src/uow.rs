@@ -10,7 +10,7 @@ use sea_orm::{
 
 use crate::error::Error;
 use crate::outbox::Outbox;
-use crate::write::{ActiveOf, Written, delete_model, forget_written, upsert_model};
+use crate::write::{ActiveOf, Written, delete_existing, forget_written, upsert_model};
 
 /// One transaction in which several aggregates are saved or deleted, events recorded, and the
 /// caller's own statements run; begun with [`Outbox::begin`].
@@ -109,12 +109,7 @@ impl<'a> UnitOfWork<'a> {
     {
         self.check()?;
         let result = async {
-            if !delete_model(&self.txn, &*aggregate).await? {
-                return Err(Error::NotFound {
-                    aggregate_type: A::AGGREGATE_TYPE,
-                    aggregate_id: aggregate.aggregate_id(),
-                });
-            }
+            delete_existing(&self.txn, &*aggregate).await?;
             self.outbox.write(&self.txn, &*aggregate).await
         }
         .await;

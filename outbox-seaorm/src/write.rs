@@ -135,11 +135,18 @@ where
         .iter()
         .map(|e| handlers.local(e.name()).count())
         .sum();
-    !pending.is_empty() && pending.len() <= ROWS_PER_INSERT && deliveries <= ROWS_PER_INSERT
+    !pending.is_empty() && fits(pending.len(), deliveries)
+}
+
+/// The one rule for the single-statement path: both multi-row inserts fit in one statement.
+fn fits(events: usize, deliveries: usize) -> bool {
+    events <= ROWS_PER_INSERT && deliveries <= ROWS_PER_INSERT
 }
 
 /// [`write_events`]; on PostgreSQL, `entity` (the aggregate's own upsert, built for PostgreSQL)
-/// runs as the first part of the same statement. Only pass it when [`fits_one_statement`] holds.
+/// runs as the first part of the same statement. Off that path it runs first, on its own, so
+/// `conn` must then be a transaction; `Outbox::save` passes an autocommit connection only when
+/// [`fits_one_statement`] holds.
 pub(crate) async fn write<A, C>(
     conn: &C,
     entity: Option<Statement>,
@@ -178,9 +185,16 @@ where
     let now = time::now_micros();
     let due = now.saturating_add(i64::try_from(grace.as_micros()).unwrap_or(i64::MAX));
     let deliveries: usize = handlers.iter().map(Vec::len).sum();
-    let one_statement = conn.get_database_backend() == DbBackend::Postgres
-        && envelopes.len() <= ROWS_PER_INSERT
-        && deliveries <= ROWS_PER_INSERT;
+    let one_statement =
+        conn.get_database_backend() == DbBackend::Postgres && fits(envelopes.len(), deliveries);
+    let entity = match entity {
+        // Never dropped: off the single-statement path the entity's write goes first.
+        Some(statement) if !one_statement => {
+            conn.execute_raw(statement).await?;
+            None
+        }
+        entity => entity,
+    };
     let (first, envelopes) = if one_statement {
         // Sequence bump, outbox rows, delivery rows and NOTIFY in one round trip.
         let last = write_postgres(
@@ -581,6 +595,23 @@ where
     M::Entity::insert(model.clone().into_active_model())
         .on_conflict(on_conflict)
         .build(backend)
+}
+
+/// Deletes `aggregate`'s row, or fails with [`Error::NotFound`] when there is none.
+pub(crate) async fn delete_existing<A, C>(conn: &C, aggregate: &A) -> Result<(), Error>
+where
+    A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+    ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    C: ConnectionTrait,
+{
+    if delete_model(conn, aggregate).await? {
+        Ok(())
+    } else {
+        Err(Error::NotFound {
+            aggregate_type: A::AGGREGATE_TYPE,
+            aggregate_id: aggregate.aggregate_id(),
+        })
+    }
 }
 
 /// Deletes `model`'s row; `false` when there was none.
