@@ -95,7 +95,9 @@ pub use shard::shard_of;
 pub mod cleanup;
 pub mod relay;
 pub use cleanup::{Cleanup, CleanupBuilder, CleanupError, CleanupReport};
-pub use relay::{CycleReport, DeadLetterPolicy, Relay, RelayBuilder, RelayError, RelayStats};
+pub use relay::{
+    Completion, CycleReport, DeadLetterPolicy, Relay, RelayBuilder, RelayError, RelayStats,
+};
 mod context;
 
 pub use context::{NoTransaction, TransactionExt, with_transaction};
@@ -105,6 +107,7 @@ pub use inbox::{Inbox, InboxError, Processed};
 
 mod delivery;
 mod error;
+mod notifier;
 mod outbox;
 mod uow;
 mod write;

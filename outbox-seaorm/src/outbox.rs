@@ -12,10 +12,12 @@ use sea_orm::{
 
 use crate::delivery::dispatch_job;
 use crate::error::Error;
+use crate::notifier::Notifier;
 use crate::uow::UnitOfWork;
+use crate::write::Wake;
 use crate::write::{
     ActiveOf, Written, delete_existing, fits_one_statement, forget_written, upsert_model,
-    upsert_statement, write, write_events,
+    upsert_statement, write,
 };
 
 /// Saves aggregates together with their pending events, and runs the in-process handlers after
@@ -34,6 +36,7 @@ struct Inner {
     dispatcher: Box<dyn Dispatcher>,
     retry: RetryPolicy,
     grace: Duration,
+    notifier: Notifier,
 }
 
 impl fmt::Debug for Outbox {
@@ -108,6 +111,7 @@ impl OutboxBuilder {
                 dispatcher: self.dispatcher,
                 retry: self.retry,
                 grace: self.grace,
+                notifier: Notifier::new(),
             }),
         }
     }
@@ -152,8 +156,8 @@ impl Outbox {
     /// updated (the key must be set by the application, as a UUID is: the events name the
     /// aggregate before its row exists). Then the events are written as [`write_events`]
     /// describes, and the transaction commits. Only after the commit are the events removed from
-    /// the aggregate and handed to the dispatcher for the in-process handlers, whose failures
-    /// never come back here.
+    /// the aggregate, the relay is woken (as in [`Outbox::after_commit`]) and the in-process
+    /// handlers are handed to the dispatcher; their failures never come back here.
     ///
     /// # Errors
     /// [`Error::Event`] when an event does not serialize, [`Error::Database`] when a statement or
@@ -167,7 +171,7 @@ impl Outbox {
         let db = &self.inner.db;
         if db.get_database_backend() == DbBackend::Postgres {
             // One statement is atomic on its own: the entity upsert, the sequence bump, the
-            // outbox and delivery rows and the NOTIFY go in one round trip, without BEGIN and
+            // outbox and delivery rows go in one round trip, without BEGIN and
             // COMMIT.
             if aggregate.pending_events().is_empty() {
                 return upsert_model(db, &*aggregate).await;
@@ -180,6 +184,7 @@ impl Outbox {
                     &*aggregate,
                     &self.inner.handlers,
                     self.inner.grace,
+                    Wake::AfterCommit,
                 )
                 .await?;
                 self.after_commit(aggregate, written).await;
@@ -227,6 +232,9 @@ impl Outbox {
     /// pending events through the caller's transaction `conn`, leaving them in the aggregate.
     /// After the commit, pass the result to [`Outbox::after_commit`].
     ///
+    /// Unlike [`write_events`], it sends no `pg_notify` from the transaction on PostgreSQL (that
+    /// would serialize concurrent commits): [`Outbox::after_commit`] wakes the relay instead.
+    ///
     /// # Errors
     /// As [`write_events`].
     pub async fn write<A, C>(&self, conn: &C, aggregate: &A) -> Result<Written, Error>
@@ -234,12 +242,22 @@ impl Outbox {
         A: AggregateRoot + ?Sized,
         C: ConnectionTrait,
     {
-        write_events(conn, aggregate, &self.inner.handlers, self.inner.grace).await
+        write(
+            conn,
+            None,
+            aggregate,
+            &self.inner.handlers,
+            self.inner.grace,
+            Wake::AfterCommit,
+        )
+        .await
     }
 
     /// Finishes a save made with [`write_events`] in the caller's transaction, once that
     /// transaction has committed: removes the written events from `aggregate` (events registered
-    /// since stay pending) and hands the in-process handlers' work to the dispatcher.
+    /// since stay pending), wakes the relay on PostgreSQL (a `NOTIFY` sent from a background task,
+    /// folded with the wake-ups of other commits under load), and hands the in-process handlers'
+    /// work to the dispatcher.
     ///
     /// Never call it before the commit succeeded; after a rollback, just drop `written`. If it is
     /// never called after a commit, nothing is lost: the recovery worker ([`crate::DeliveryWorker`])
@@ -255,6 +273,9 @@ impl Outbox {
 
     /// Hands committed events to the dispatcher.
     pub(crate) async fn dispatch(&self, written: Written) {
+        if !written.is_empty() {
+            self.inner.notifier.wake(&self.inner.db);
+        }
         if written.deliveries() == 0 {
             return;
         }

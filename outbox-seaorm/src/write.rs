@@ -94,6 +94,12 @@ impl fmt::Debug for Written {
 ///    (event, in-process handler of `handlers`), due for recovery `grace` after now;
 /// 4. on PostgreSQL, `pg_notify('outbox', '')` wakes the relay when the transaction commits.
 ///
+/// That notification serializes the commits of all transactions that notify (PostgreSQL holds a
+/// database-wide lock for it until the commit is flushed). [`crate::Outbox::save`],
+/// [`crate::Outbox::write`] and [`crate::UnitOfWork`] leave it out and wake the relay after the
+/// commit instead (see [`crate::Outbox::after_commit`]); prefer them where many transactions
+/// write events at once.
+///
 /// On PostgreSQL steps 2 to 4 are one statement (one round trip): the `outbox_sequence` upsert
 /// is a data-modifying CTE whose returned last sequence numbers the outbox rows, so the row lock
 /// is still held before any outbox row gets its position. Saves of more than 1000 events or
@@ -122,7 +128,16 @@ where
     A: AggregateRoot + ?Sized,
     C: ConnectionTrait,
 {
-    write(conn, None, aggregate, handlers, grace).await
+    write(conn, None, aggregate, handlers, grace, Wake::InTransaction).await
+}
+
+/// How a write wakes the relay on PostgreSQL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// `pg_notify` in the writing transaction: the caller may never tell us about its commit.
+    InTransaction,
+    /// Not in the transaction: the caller wakes the relay after the commit.
+    AfterCommit,
 }
 
 /// Whether a save of `aggregate` fits the single-statement path on PostgreSQL.
@@ -153,6 +168,7 @@ pub(crate) async fn write<A, C>(
     aggregate: &A,
     handlers: &HandlerRegistry,
     grace: Duration,
+    wake: Wake,
 ) -> Result<Written, Error>
 where
     A: AggregateRoot + ?Sized,
@@ -196,7 +212,7 @@ where
         entity => entity,
     };
     let (first, envelopes) = if one_statement {
-        // Sequence bump, outbox rows, delivery rows and NOTIFY in one round trip.
+        // Sequence bump, outbox rows, delivery rows (and NOTIFY) in one round trip.
         let last = write_postgres(
             conn,
             entity,
@@ -206,6 +222,7 @@ where
             &handlers,
             now,
             due,
+            wake,
         )
         .await?;
         let first = last - count + 1;
@@ -216,7 +233,7 @@ where
         let envelopes = resequence_all(envelopes, first);
         insert_outbox_rows(conn, &envelopes, now).await?;
         insert_delivery_rows(conn, &envelopes, &handlers, now, due).await?;
-        if conn.get_database_backend() == DbBackend::Postgres {
+        if conn.get_database_backend() == DbBackend::Postgres && wake == Wake::InTransaction {
             conn.execute_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT pg_notify($1, '')",
@@ -342,7 +359,8 @@ fn metadata_json(e: &Envelope) -> Result<Option<String>, Error> {
 /// returned `last_sequence` to number its rows, so no outbox row (and no `position` from the
 /// identity sequence) exists before the upsert has taken, or waited for, the sequence row lock:
 /// concurrent saves of one aggregate stay serialized exactly as with separate statements. The
-/// main `SELECT` reads `s` and calls `pg_notify` once (delivered at commit, as before); `o` and
+/// main `SELECT` reads `s` (and, under [`Wake::InTransaction`], calls `pg_notify` once,
+/// delivered at commit); `o` and
 /// the delivery insert `d` are not read by it, so PostgreSQL runs them to completion at the end
 /// of the statement. The events' sequence numbers are `last - count + k` for k = 1..=count, the
 /// same ones the caller computes from the returned `last`.
@@ -356,6 +374,7 @@ async fn write_postgres<C: ConnectionTrait>(
     handlers: &[Vec<Handler>],
     now: i64,
     due: i64,
+    wake: Wake,
 ) -> Result<i64, Error> {
     use std::fmt::Write as _;
 
@@ -371,14 +390,13 @@ async fn write_postgres<C: ConnectionTrait>(
         None => ("WITH ".to_owned(), Vec::new()),
     };
     let p = values.len();
-    let (p1, p2, p3, p4, p5, p6) = (p + 1, p + 2, p + 3, p + 4, p + 5, p + 6);
+    let (p1, p2, p3, p4, p5) = (p + 1, p + 2, p + 3, p + 4, p + 5);
     values.extend([
         aggregate_type.into(),
         aggregate_id.into(),
         count.into(),
         now.into(),
         due.into(),
-        NOTIFY_CHANNEL.into(),
     ]);
     let _ = write!(
         sql,
@@ -453,7 +471,16 @@ async fn write_postgres<C: ConnectionTrait>(
     if !first_delivery {
         sql.push_str(") AS v(event_id, handler))");
     }
-    let _ = write!(sql, " SELECT s.last_sequence, pg_notify(${p6}, '') FROM s");
+    if wake == Wake::InTransaction {
+        values.push(NOTIFY_CHANNEL.into());
+        let _ = write!(
+            sql,
+            " SELECT s.last_sequence, pg_notify(${}, '') FROM s",
+            values.len()
+        );
+    } else {
+        sql.push_str(" SELECT s.last_sequence FROM s");
+    }
     let row = conn
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,

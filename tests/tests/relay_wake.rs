@@ -1,13 +1,15 @@
 //! The whole way: `Outbox::save` to the relay's publisher, with the envelope intact. On
-//! PostgreSQL the relay must be woken by the save's `NOTIFY`: its polls are set to 30 s here.
+//! PostgreSQL the relay must be woken by a `NOTIFY`: its polls are set to 30 s here. `save`,
+//! `Outbox::write` and the unit of work notify after the commit; `write_events` in the caller's
+//! own transaction notifies from that transaction.
 
 use std::time::{Duration, Instant};
 
 use outbox_core::testing::InMemoryPublisher;
-use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventMetadata};
-use outbox_seaorm::{Outbox, Relay};
+use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventMetadata, HandlerRegistry};
+use outbox_seaorm::{Outbox, Relay, write_events};
 use outbox_tests::{Backend, TestDb, db_tests};
-use sea_orm::{ConnectionTrait, Schema};
+use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Schema, TransactionTrait};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -57,13 +59,11 @@ struct OrderPaid {
     order_id: String,
 }
 
-async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
-    let backend = t.db.get_database_backend();
-    t.db.execute(&Schema::new(backend).create_table_from_entity(order::Entity))
-        .await
-        .expect("orders table");
-    let outbox = Outbox::builder(t.db.clone()).build();
-    let publisher = InMemoryPublisher::new();
+/// A relay that only a notification can wake within 5 s on PostgreSQL, running until `stop`.
+async fn start_relay(
+    t: &TestDb,
+    publisher: &InMemoryPublisher,
+) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
     let mut relay = Relay::builder(t.connect_again().await, publisher.clone());
     if t.backend == Backend::Postgres {
         // Only a notification can wake it within the test's limit.
@@ -79,10 +79,39 @@ async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await
-            .expect("run")
+            .expect("run");
     });
     // Let the relay go idle (and LISTEN) first.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    (stop, run)
+}
+
+async fn create_orders(t: &TestDb) {
+    let backend = t.db.get_database_backend();
+    t.db.execute(&Schema::new(backend).create_table_from_entity(order::Entity))
+        .await
+        .expect("orders table");
+}
+
+/// Waits until `publisher` has `n` events; fails after 5 s (the relay's polls are 30 s on
+/// PostgreSQL).
+async fn published_promptly(publisher: &InMemoryPublisher, n: usize, what: &str) -> Duration {
+    let since = Instant::now();
+    while publisher.published().count() < n {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "the relay was not woken after {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    since.elapsed()
+}
+
+async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
+    create_orders(&t).await;
+    let outbox = Outbox::builder(t.db.clone()).build();
+    let publisher = InMemoryPublisher::new();
+    let (stop, run) = start_relay(&t, &publisher).await;
 
     let mut order = order::Model {
         id: "o-1".into(),
@@ -148,4 +177,84 @@ async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
     assert_eq!(published.for_aggregate("Order", "o-2").count(), 0);
 }
 
-db_tests!(saved_events_reach_the_publisher_intact_and_promptly);
+fn placed(id: &str) -> order::Model {
+    let mut order = order::Model {
+        id: id.into(),
+        amount: 100,
+        events: DomainEvents::new(),
+    };
+    order.register_event(OrderPlaced {
+        order_id: id.into(),
+        amount: 100,
+    });
+    order
+}
+
+/// Every way of writing events wakes an idle relay: the unit of work and `Outbox::write` +
+/// `after_commit` after their commits, `write_events` (whose caller may never report the
+/// commit) from inside its transaction.
+async fn every_write_path_wakes_the_relay(t: TestDb) {
+    create_orders(&t).await;
+    let outbox = Outbox::builder(t.db.clone()).build();
+    let publisher = InMemoryPublisher::new();
+    let (stop, run) = start_relay(&t, &publisher).await;
+
+    let mut a = placed("uow");
+    let mut uow = outbox.begin().await.expect("begin");
+    uow.save(&mut a).await.expect("uow save");
+    uow.commit().await.expect("uow commit");
+    let uow_latency = published_promptly(&publisher, 1, "a unit of work").await;
+    assert!(a.pending_events().is_empty());
+
+    let mut b = placed("write");
+    let txn = t.db.begin().await.expect("begin");
+    b.clone()
+        .into_active_model()
+        .insert(&txn)
+        .await
+        .expect("insert");
+    let written = outbox.write(&txn, &b).await.expect("write");
+    txn.commit().await.expect("commit");
+    // Give a wrongly sent in-transaction notification time to arrive before `after_commit`:
+    // the relay must still be woken by `after_commit`, not before.
+    // (The other backends poll: their relay may find it in the meantime.)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if t.backend == Backend::Postgres {
+        assert_eq!(
+            publisher.published().count(),
+            1,
+            "Outbox::write must leave the wake-up to after_commit"
+        );
+    }
+    outbox.after_commit(&mut b, written).await;
+    let write_latency = published_promptly(&publisher, 2, "Outbox::write + after_commit").await;
+
+    let c = placed("free");
+    let txn = t.db.begin().await.expect("begin");
+    let _written = write_events(&txn, &c, &HandlerRegistry::new(), Duration::ZERO)
+        .await
+        .expect("write_events");
+    txn.commit().await.expect("commit");
+    // No after_commit: only the transaction's own NOTIFY wakes the relay.
+    let free_latency = published_promptly(&publisher, 3, "write_events in a transaction").await;
+
+    stop.send(true).expect("stop");
+    run.await.expect("join");
+    eprintln!(
+        "{:?}: unit of work {uow_latency:?}, write + after_commit {write_latency:?}, \
+         write_events {free_latency:?}",
+        t.backend
+    );
+    let published = publisher.published();
+    let ids: Vec<&str> = published
+        .envelopes()
+        .iter()
+        .map(|e| e.aggregate_id())
+        .collect();
+    assert_eq!(ids, ["uow", "write", "free"]);
+}
+
+db_tests!(
+    saved_events_reach_the_publisher_intact_and_promptly,
+    every_write_path_wakes_the_relay
+);

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
-//!     [--batch-size 500] [--topic-prefix shop.] [--kafka-config compression.type=zstd]... \
-//!     [--provision-topics] [--cleanup-after-secs 86400]
+//!     [--batch-size 500] [--concurrency 2] [--delete-published] [--topic-prefix shop.] \
+//!     [--kafka-config compression.type=zstd]... [--provision-topics] [--cleanup-after-secs 86400]
 //! ```
 //!
 //! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration exits with
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use outbox_core::error_chain;
 use outbox_kafka::KafkaPublisher;
-use outbox_seaorm::{Cleanup, Relay};
+use outbox_seaorm::{Cleanup, Completion, Relay};
 use tokio::sync::watch;
 
 /// Publishes the outbox table to Kafka.
@@ -31,6 +31,13 @@ struct Args {
     /// Rows per relay batch.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
     batch_size: usize,
+    /// Relay cycles in flight at once, each on its own shards (PostgreSQL, MariaDB/MySQL; SQLite
+    /// runs one). Opens up to this many database connections, plus one.
+    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value_t = 2)]
+    concurrency: usize,
+    /// Delete each row once its event is published, instead of marking it for the cleanup.
+    #[arg(long, env = "OUTBOX_DELETE_PUBLISHED")]
+    delete_published: bool,
     /// Prefix of the default topic names.
     #[arg(long, env = "OUTBOX_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
@@ -107,6 +114,10 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("outbox-relay: --batch-size must be at least 1");
         return ExitCode::from(2);
     }
+    if !(1..=16).contains(&args.concurrency) {
+        eprintln!("outbox-relay: --concurrency must be between 1 and 16");
+        return ExitCode::from(2);
+    }
     let mut builder = KafkaPublisher::builder(&args.brokers).topic_prefix(&args.topic_prefix);
     for (k, v) in &args.kafka_config {
         builder = builder.set(k, v);
@@ -145,8 +156,15 @@ async fn run(args: Args) -> ExitCode {
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cleanup.run_until(stop).await })
     });
+    let completion = if args.delete_published {
+        Completion::Delete
+    } else {
+        Completion::Mark
+    };
     let relay = Relay::builder(db, publisher)
         .batch_size(args.batch_size)
+        .concurrency(args.concurrency)
+        .completion(completion)
         .build();
     let started = Instant::now();
     let outcome = relay.run_until(stopped(stop_rx)).await;

@@ -11,7 +11,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::sql::{error_chain, execute, placeholders, query};
-use super::{CycleReport, DeadLetterPolicy, Relay, RelayError};
+use super::{Completion, CycleReport, DeadLetterPolicy, Relay, RelayError};
 use crate::schema::SHARDS;
 use crate::time::{from_micros, now_micros};
 
@@ -314,15 +314,35 @@ impl RowError<'_> {
     }
 }
 
-/// Writes the outcome: one statement for every published row, one per failure.
-async fn record<C: ConnectionTrait>(db: &C, outcome: &Outcome, now: i64) -> Result<(), DbErr> {
-    if !outcome.published.is_empty() {
+/// Writes the outcome: one statement for every published row (two when [`Completion::Delete`]
+/// keeps some rows back), one per failure.
+async fn record<C: ConnectionTrait>(
+    db: &C,
+    completion: Completion,
+    outcome: &Outcome,
+    now: i64,
+) -> Result<(), DbErr> {
+    let published = &outcome.published;
+    let mut mark = !published.is_empty();
+    if mark && completion == Completion::Delete {
+        // A row whose in-process handlers have not all run stays (marked): the delivery worker
+        // reads the event back from it. `Cleanup` removes it later.
+        let sql = format!(
+            "DELETE FROM outbox WHERE position IN ({}) AND NOT EXISTS (SELECT 1 FROM \
+             outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1)",
+            placeholders(published.len())
+        );
+        let values: Vec<Value> = published.iter().map(|p| Value::from(*p)).collect();
+        let deleted = execute(db, &sql, values).await?;
+        mark = usize::try_from(deleted).unwrap_or(usize::MAX) < published.len();
+    }
+    if mark {
         let sql = format!(
             "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
-            placeholders(outcome.published.len())
+            placeholders(published.len())
         );
         let mut values: Vec<Value> = vec![now.into()];
-        values.extend(outcome.published.iter().map(|p| Value::from(*p)));
+        values.extend(published.iter().map(|p| Value::from(*p)));
         execute(db, &sql, values).await?;
     }
     for (position, attempts, dead, error, next) in &outcome.failures {
@@ -403,7 +423,7 @@ pub(super) async fn locking(relay: &Relay) -> Result<CycleReport, RelayError> {
     let results = publish(relay, &mut rows).await;
     let done = now_micros();
     let outcome = decide(relay, &rows, results, done);
-    record(&txn, &outcome, done).await?;
+    record(&txn, relay.config.completion, &outcome, done).await?;
     let sql = format!(
         "UPDATE outbox_shard SET owner = ?, claimed_at = ? WHERE shard IN ({})",
         placeholders(shards.len())
@@ -432,7 +452,7 @@ pub(super) async fn single(relay: &Relay) -> Result<CycleReport, RelayError> {
     let done = now_micros();
     let outcome = decide(relay, &rows, results, done);
     let txn = relay.db.begin().await?;
-    record(&txn, &outcome, done).await?;
+    record(&txn, relay.config.completion, &outcome, done).await?;
     txn.commit().await?;
     let mut report = report(&rows, 0, &outcome);
     report.more = rows.len() >= relay.config.batch_size;

@@ -5,7 +5,8 @@
 //! `SELECT … FOR UPDATE SKIP LOCKED` (PostgreSQL, MariaDB/MySQL), reads the pending, due rows of
 //! those shards in position order, leaving out aggregates held back by an earlier row that waits
 //! for a retry or is dead, hands the batch to the publisher, marks every confirmed row published
-//! in one statement, records failures with backoff, and commits, which releases the shards. A
+//! in one statement (or deletes them, with [`Completion::Delete`]), records failures with backoff,
+//! and commits, which releases the shards. A
 //! shard is held by one relay at a time, so several relays can run against one database and
 //! events of one aggregate are still published in order. If an event fails, the later events of
 //! its aggregate in the batch are not marked published, so they are sent again after it.
@@ -14,7 +15,7 @@
 //! application's saves are not blocked meanwhile) and marks the batch in one short write
 //! transaction. **Run a single relay per SQLite database.**
 //!
-//! On PostgreSQL the relay `LISTEN`s on channel `outbox` (the save path notifies it on commit)
+//! On PostgreSQL the relay `LISTEN`s on channel `outbox` (the save path notifies it after commit)
 //! with a slow fallback poll; the listener keeps one connection of the relay's pool for itself,
 //! so give the pool at least two. Elsewhere it polls with a backoff while idle. It runs again at
 //! once while batches come back full, and survives lost connections: it logs, backs off and
@@ -23,6 +24,9 @@
 //! Several relays (processes or tasks, each with its own [`Relay`]) may share a PostgreSQL or
 //! MariaDB database: each cycle takes up to `shards_per_claim` shards that no other relay holds,
 //! starting at a random shard, so with the default of 16 up to four relays work side by side.
+//! One relay can also run several cycles at once ([`RelayBuilder::concurrency`]): each claims its
+//! own shards as a separate relay would, so one cycle's database work overlaps another's
+//! publishing.
 //!
 //! Metrics (through the `metrics` facade): counters `outbox_relay_published_total`,
 //! `outbox_relay_retried_total`, `outbox_relay_dead_lettered_total`; gauges `outbox_pending` and
@@ -69,8 +73,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::future::join_all;
 use outbox_core::{Publisher, RetryPolicy};
 use sea_orm::{DatabaseConnection, DbBackend, DbErr};
+use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 pub use admin::{dead_count, pending_count, requeue_dead};
@@ -86,6 +92,21 @@ pub enum DeadLetterPolicy {
     /// Publish them: a dead event no longer holds its aggregate back (it stays dead, with its
     /// error, for inspection). An event waiting for a retry still holds its aggregate back.
     Skip,
+}
+
+/// What the relay does with an outbox row once its event is published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Completion {
+    /// Keep the row, marked published with its time; [`crate::Cleanup`] deletes it after its
+    /// retention. The table then doubles as an audit log of what was sent and when.
+    #[default]
+    Mark,
+    /// Delete the row in the cycle's transaction. Cheaper for the database (a delete writes no
+    /// new row version and no index entries; the mark updates every index of the row), so a
+    /// relay drains faster, but nothing of a published event stays behind. A row whose
+    /// in-process handlers have not all run yet is marked instead, and left to `Cleanup`.
+    Delete,
 }
 
 /// Why a relay cycle failed. The relay's run loop logs these and tries again.
@@ -193,6 +214,14 @@ impl RelayStats {
         self.errors
     }
 
+    fn merge(&mut self, other: &RelayStats) {
+        self.cycles += other.cycles;
+        self.published += other.published;
+        self.failed += other.failed;
+        self.dead += other.dead;
+        self.errors += other.errors;
+    }
+
     fn add(&mut self, report: &CycleReport) {
         self.cycles += 1;
         self.published += report.published as u64;
@@ -205,6 +234,8 @@ impl RelayStats {
 struct Config {
     batch_size: usize,
     shards_per_claim: usize,
+    concurrency: usize,
+    completion: Completion,
     retry: RetryPolicy,
     dead_letter_policy: DeadLetterPolicy,
     idle_min: Duration,
@@ -250,6 +281,22 @@ impl RelayBuilder {
     /// Rows per batch (at least 1). Default 500.
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.config.batch_size = rows.max(1);
+        self
+    }
+    /// Cycles in flight at once in [`Relay::run_until`] (at least 1; default 1), each on its own
+    /// shards, so one cycle's database work overlaps another's publishing. Each holds a
+    /// connection of the relay's pool for its cycle, so give the pool `concurrency + 1` (one
+    /// for the `LISTEN` on PostgreSQL). With the default 16 shards per claim, up to four cycles
+    /// (of all relays together) find shards; raise it along with a smaller
+    /// [`shards_per_claim`](Self::shards_per_claim). Ignored on SQLite, which runs one cycle
+    /// at a time.
+    pub fn concurrency(mut self, cycles: usize) -> Self {
+        self.config.concurrency = cycles.max(1);
+        self
+    }
+    /// What happens to a row once its event is published. Default [`Completion::Mark`].
+    pub fn completion(mut self, completion: Completion) -> Self {
+        self.config.completion = completion;
         self
     }
     /// Shards locked per cycle (1 to 64). Default 16, so up to four relays share the work.
@@ -311,6 +358,8 @@ impl Relay {
             config: Config {
                 batch_size: 500,
                 shards_per_claim: 16,
+                concurrency: 1,
+                completion: Completion::Mark,
                 retry: RetryPolicy::default(),
                 dead_letter_policy: DeadLetterPolicy::Block,
                 idle_min: Duration::from_millis(10),
@@ -356,10 +405,12 @@ impl Relay {
         Ok(report)
     }
 
-    /// Runs cycles until `shutdown` completes, then finishes the current batch and returns.
+    /// Runs cycles until `shutdown` completes, then finishes the batches in flight and returns.
     ///
-    /// Failed cycles (a lost connection, say) are logged and retried with a backoff; this never
-    /// gives up on its own.
+    /// With [`RelayBuilder::concurrency`] above 1 (PostgreSQL, MariaDB/MySQL), that many cycles
+    /// run at once, each on shards the others do not hold; a cycle that finds more work than it
+    /// took wakes an idle sibling. Failed cycles (a lost connection, say) are logged and retried
+    /// with a backoff; this never gives up on its own.
     ///
     /// # Errors
     /// None at present; the `Result` leaves room for fatal configuration errors.
@@ -367,32 +418,74 @@ impl Relay {
         &self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<RelayStats, RelayError> {
-        let mut shutdown = pin!(shutdown);
-        let mut stopping = false;
-        let mut stats = RelayStats::default();
-        let waker = match self.db.get_database_backend() {
+        let listener = match self.db.get_database_backend() {
             DbBackend::Postgres => Some(wake::Listener::start(&self.db)),
             _ => None,
         };
+        let siblings = Notify::new();
+        let (stop, stopped) = watch::channel(false);
+        tracing::info!(
+            instance = %self.config.instance_id,
+            concurrency = self.concurrency(),
+            "outbox relay started"
+        );
+        let workers = join_all(
+            (0..self.concurrency())
+                .map(|index| self.work(listener.as_ref(), &siblings, stopped.clone(), index == 0)),
+        );
+        let mut workers = pin!(workers);
+        let per_worker = tokio::select! {
+            stats = &mut workers => stats,
+            () = shutdown => {
+                let _ = stop.send(true);
+                workers.await
+            }
+        };
+        let mut stats = RelayStats::default();
+        for worker in per_worker {
+            stats.merge(&worker);
+        }
+        tracing::info!(
+            instance = %self.config.instance_id,
+            published = stats.published,
+            "outbox relay stopped"
+        );
+        Ok(stats)
+    }
+
+    /// Cycles in flight at once: 1 on SQLite (one writer, one relay).
+    fn concurrency(&self) -> usize {
+        match self.db.get_database_backend() {
+            DbBackend::Sqlite => 1,
+            _ => self.config.concurrency,
+        }
+    }
+
+    /// One cycle loop of [`Relay::run_until`]; `gauges`: this loop refreshes the gauges.
+    async fn work(
+        &self,
+        listener: Option<&wake::Listener>,
+        siblings: &Notify,
+        mut stopped: watch::Receiver<bool>,
+        gauges: bool,
+    ) -> RelayStats {
+        let mut stats = RelayStats::default();
         let mut idle = self.config.idle_min;
         let mut error_backoff = self.config.idle_min.max(Duration::from_millis(50));
         let mut retry_due: Option<Instant> = None;
         let mut gauges_at: Option<Instant> = None;
-        tracing::info!(instance = %self.config.instance_id, "outbox relay started");
         loop {
-            let result = {
-                let mut cycle = pin!(self.run_once());
-                tokio::select! {
-                    result = &mut cycle => result,
-                    () = &mut shutdown, if !stopping => {
-                        stopping = true;
-                        cycle.await
-                    }
-                }
-            };
-            if gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
+            // A cycle once begun runs to its end, so its batch is recorded.
+            let result = self.run_once().await;
+            if gauges && gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 gauges_at = Some(Instant::now());
                 self.refresh_gauges().await;
+            }
+            if *stopped.borrow() {
+                if let Ok(report) = &result {
+                    stats.add(report);
+                }
+                break;
             }
             let wait = match result {
                 Ok(report) => {
@@ -404,9 +497,8 @@ impl Relay {
                         retry_due = Some(retry_due.map_or(due, |d| d.min(due)));
                     }
                     if report.more {
-                        if stopping {
-                            break;
-                        }
+                        // More than this cycle took: an idle sibling takes other shards.
+                        siblings.notify_one();
                         continue;
                     }
                     if report.published > 0 || report.dead > 0 {
@@ -414,7 +506,7 @@ impl Relay {
                     } else {
                         idle = (idle * 2).min(self.config.idle_max);
                     }
-                    let listening = waker.as_ref().is_some_and(wake::Listener::is_listening);
+                    let listening = listener.is_some_and(wake::Listener::is_listening);
                     let mut wait = if listening {
                         self.config.fallback_poll
                     } else {
@@ -442,31 +534,20 @@ impl Relay {
                     wait
                 }
             };
-            if stopping {
-                break;
-            }
             let notified = async {
-                match &waker {
-                    Some(waker) => waker.notified().await,
+                match listener {
+                    Some(listener) => listener.notified().await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
-                () = &mut shutdown => stopping = true,
+                _ = stopped.wait_for(|s| *s) => break,
                 () = tokio::time::sleep(wait) => {}
                 () = notified => {}
-            }
-            if stopping {
-                break;
+                () = siblings.notified() => {}
             }
         }
-        drop(waker);
-        tracing::info!(
-            instance = %self.config.instance_id,
-            published = stats.published,
-            "outbox relay stopped"
-        );
-        Ok(stats)
+        stats
     }
 
     async fn refresh_gauges(&self) {
