@@ -47,39 +47,22 @@ struct Run {
     latency: Latency,
 }
 
-async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Run> {
-    bench.reset().await?;
-    let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
-    let acks: Stamps = Arc::default();
-    let commits: Stamps = Arc::default();
-    let publisher = TimingPublisher {
-        inner: KafkaPublisher::builder(&brokers).build()?,
-        acks: acks.clone(),
-    };
-    // The relay has its own pool, as in a service that runs it beside the request handlers:
-    // queued saves must not make it wait for a connection.
-    let relay_db = crate::db::connect(&bench.url, 4).await?;
-    let relay = Relay::builder(relay_db.clone(), publisher).build();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(async move {
-        relay
-            .run_until(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
-    // Let the relay start listening before the first commit.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+/// Saves before the measured ones, at the same rate.
+const WARMUP: usize = 500;
 
-    let outbox = Outbox::builder(bench.db.clone())
-        .handlers(HandlerRegistry::new())
-        .build();
-    let total = (secs * rate).round() as usize;
+/// Starts `count` saves of 1 event, one every `1 / rate` s, numbered from `first`; stamps each
+/// commit in `commits`; returns when all have committed.
+async fn offer(
+    outbox: &Outbox,
+    commits: &Stamps,
+    first: usize,
+    count: usize,
+    rate: f64,
+) -> BoxResult<()> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let start = Instant::now();
-    let mut writers = Vec::with_capacity(total);
-    for n in 0..total {
+    let mut writers = Vec::with_capacity(count);
+    for n in first..first + count {
         tick.tick().await;
         let outbox = outbox.clone();
         let commits = commits.clone();
@@ -98,6 +81,57 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
     for w in writers {
         w.await??;
     }
+    Ok(())
+}
+
+async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Run> {
+    bench.reset().await?;
+    let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
+    let acks: Stamps = Arc::default();
+    let commits: Stamps = Arc::default();
+    let publisher = TimingPublisher {
+        inner: KafkaPublisher::builder(&brokers).build()?,
+        acks: acks.clone(),
+    };
+    // The relay has its own pool, as in a service that runs it beside the request handlers:
+    // queued saves must not make it wait for a connection.
+    let relay_db = crate::db::connect(&bench.url, 8).await?;
+    let mut relay = Relay::builder(relay_db.clone(), publisher);
+    if let Some(cycles) = crate::relay::env_knob("BENCH_RELAY_CONCURRENCY") {
+        relay = relay.concurrency(cycles);
+    }
+    if let Some(shards) = crate::relay::env_knob("BENCH_RELAY_SHARDS") {
+        relay = relay.shards_per_claim(shards);
+    }
+    let relay = relay.build();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(async move {
+        relay
+            .run_until(async {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
+    // Let the relay start listening before the first commit.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let outbox = Outbox::builder(bench.db.clone())
+        .handlers(HandlerRegistry::new())
+        .build();
+    // Warm-up, not measured: the producer fetches metadata and its idempotent producer id, the
+    // mock cluster creates the topic, the pools open their connections.
+    offer(&outbox, &commits, 0, WARMUP, rate).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acks.lock().unwrap_or_else(|p| p.into_inner()).len() < WARMUP && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    commits.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    acks.lock().unwrap_or_else(|p| p.into_inner()).clear();
+
+    let total = (secs * rate).round() as usize;
+    let start = Instant::now();
+    offer(&outbox, &commits, WARMUP, total, rate).await?;
     let offered = total as f64 / start.elapsed().as_secs_f64();
     let deadline = Instant::now() + Duration::from_secs(30);
     while acks.lock().unwrap_or_else(|p| p.into_inner()).len() < total && Instant::now() < deadline
@@ -117,6 +151,27 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
                 .map(|a| a.saturating_duration_since(*c).as_micros() as u64)
         })
         .collect();
+    if std::env::var_os("BENCH_LATENCY_DUMP").is_some() {
+        // Debugging aid: when did the slowest events commit (ms after the start)?
+        let mut slow: Vec<(u64, u128)> = commits
+            .iter()
+            .filter_map(|(id, c)| {
+                acks.get(id).map(|a| {
+                    (
+                        a.saturating_duration_since(*c).as_micros() as u64,
+                        c.saturating_duration_since(start).as_millis(),
+                    )
+                })
+            })
+            .collect();
+        slow.sort_unstable_by(|a, b| b.cmp(a));
+        for (latency, at) in slow.iter().take(40) {
+            eprintln!(
+                "slow: {:.1} ms, committed at {at} ms",
+                *latency as f64 / 1000.0
+            );
+        }
+    }
     Ok(Run {
         offered,
         delivered: samples.len(),
@@ -156,7 +211,9 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
     report.sections.push(Section {
         title: format!("3. Delivery latency, {name}: commit to Kafka acknowledgement"),
         note: format!(
-            "A paced writer starts one `save` (1 event) every millisecond for {secs:.0} s; the \
+            "A paced writer starts one `save` (1 event) every millisecond for {secs:.0} s, after \
+             a warm-up of {WARMUP} saves at the same rate (not measured: the producer fetches \
+             metadata and its idempotent producer id, the pools open connections); the \
              relay runs in the same process ({}), publishing through `KafkaPublisher` \
              (defaults: `linger.ms=5`, `acks=all`, idempotent). Latency runs from just after \
              `save` returned (commit) to the moment the publisher's batch had all its delivery \

@@ -16,8 +16,8 @@
 //! transaction. **Run a single relay per SQLite database.**
 //!
 //! On PostgreSQL the relay `LISTEN`s on channel `outbox` (the save path notifies it after commit)
-//! with a slow fallback poll; the listener keeps one connection of the relay's pool for itself,
-//! so give the pool at least two. Elsewhere it polls with a backoff while idle. It runs again at
+//! with a slow fallback poll; the listener keeps one connection of the relay's pool for itself
+//! and each cycle in flight holds one (two by default), so give the pool at least three. Elsewhere it polls with a backoff while idle. It runs again at
 //! once while batches come back full, and survives lost connections: it logs, backs off and
 //! retries; the pool reconnects and the listener re-subscribes.
 //!
@@ -283,10 +283,12 @@ impl RelayBuilder {
         self.config.batch_size = rows.max(1);
         self
     }
-    /// Cycles in flight at once in [`Relay::run_until`] (at least 1; default 1), each on its own
+    /// Cycles in flight at once in [`Relay::run_until`] (at least 1; default 2), each on its own
     /// shards, so one cycle's database work overlaps another's publishing. Each holds a
     /// connection of the relay's pool for its cycle, so give the pool `concurrency + 1` (one
-    /// for the `LISTEN` on PostgreSQL). With the default 16 shards per claim, up to four cycles
+    /// for the `LISTEN` on PostgreSQL). Two cycles cut the tail of the delivery latency under
+    /// load: a notification no longer waits for the running cycle to end (p99 at 1,000 saves/s
+    /// in `examples/bench`). With the default 16 shards per claim, up to four cycles
     /// (of all relays together) find shards; raise it along with a smaller
     /// [`shards_per_claim`](Self::shards_per_claim). Ignored on SQLite, which runs one cycle
     /// at a time.
@@ -358,7 +360,7 @@ impl Relay {
             config: Config {
                 batch_size: 500,
                 shards_per_claim: 16,
-                concurrency: 1,
+                concurrency: 2,
                 completion: Completion::Mark,
                 retry: RetryPolicy::default(),
                 dead_letter_policy: DeadLetterPolicy::Block,
