@@ -190,3 +190,17 @@ pub(crate) async fn kafka(
         }
     }
 }
+
+/// `KafkaPublisher::builder(brokers)` with the librdkafka properties of `BENCH_KAFKA_CONFIG`
+/// (`key=value,key=value`) applied, for profiling; the figures in the report use the defaults.
+pub(crate) fn publisher(brokers: &str) -> outbox_kafka::KafkaPublisherBuilder {
+    let mut builder = outbox_kafka::KafkaPublisher::builder(brokers);
+    if let Ok(config) = std::env::var("BENCH_KAFKA_CONFIG") {
+        for pair in config.split(',') {
+            if let Some((k, v)) = pair.split_once('=') {
+                builder = builder.set(k.trim(), v.trim());
+            }
+        }
+    }
+    builder
+}

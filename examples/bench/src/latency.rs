@@ -90,7 +90,7 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
     let acks: Stamps = Arc::default();
     let commits: Stamps = Arc::default();
     let publisher = TimingPublisher {
-        inner: KafkaPublisher::builder(&brokers).build()?,
+        inner: crate::db::publisher(&brokers).build()?,
         acks: acks.clone(),
     };
     // The relay has its own pool, as in a service that runs it beside the request handlers:
@@ -215,7 +215,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              a warm-up of {WARMUP} saves at the same rate (not measured: the producer fetches \
              metadata and its idempotent producer id, the pools open connections); the \
              relay runs in the same process ({}), publishing through `KafkaPublisher` \
-             (defaults: `linger.ms=5`, `acks=all`, idempotent). Latency runs from just after \
+             (defaults: `linger.ms=0`, `acks=all`, idempotent). Latency runs from just after \
              `save` returned (commit) to the moment the publisher's batch had all its delivery \
              reports.",
             if bench.backend == Backend::Postgres {

@@ -2,7 +2,6 @@
 
 use std::time::{Duration, Instant};
 
-use outbox_kafka::KafkaPublisher;
 use outbox_seaorm::Completion;
 use outbox_seaorm::relay::{Relay, pending_count};
 use rdkafka::ClientConfig;
@@ -124,7 +123,7 @@ fn producer(brokers: &str) -> BoxResult<FutureProducer> {
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "30000")
-        .set("linger.ms", "5")
+        .set("linger.ms", "0")
         .create()?)
 }
 
@@ -223,7 +222,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
         }
         "ours" | "tuned" => {
             let before = pending_count(&db).await?;
-            let publisher = KafkaPublisher::builder(&args.child_brokers).build()?;
+            let publisher = crate::db::publisher(&args.child_brokers).build()?;
             let mut builder = Relay::builder(db.clone(), publisher);
             if args.mode == "tuned" {
                 builder = builder

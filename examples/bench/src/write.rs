@@ -154,13 +154,16 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         title: format!("1. Write path, {name}: {CLIENTS} concurrent clients, 200-byte events"),
         note: format!(
             "{total} transactions per contender and run. The baseline is one autocommit \
-             `INSERT` of the entity (`Entity::insert(..).exec_without_returning`); `save` runs \
-             `BEGIN`, the entity upsert, {}, `COMMIT`. No in-process handlers.",
+             `INSERT` of the entity (`Entity::insert(..).exec_without_returning`). {} No \
+             in-process handlers.",
             if bench.backend == crate::db::Backend::Postgres {
-                "one statement that bumps `outbox_sequence`, inserts the outbox rows and \
-                 `pg_notify`s the relay (a data-modifying CTE)"
+                "`save` is one autocommit statement (data-modifying CTEs): the entity upsert, \
+                 the `outbox_sequence` bump and the outbox rows, one round trip like the \
+                 baseline; after it returns, the `Outbox`'s notifier task sends one `NOTIFY` \
+                 for whatever committed meanwhile (outside the saving transaction)."
             } else {
-                "the `outbox_sequence` upsert, one multi-row outbox insert"
+                "`save` runs `BEGIN IMMEDIATE`, the entity upsert, the `outbox_sequence` \
+                 upsert, one multi-row outbox insert, `COMMIT`."
             }
         ),
         header: vec!["contender", "tx/s", "vs baseline", "p50 ms", "p99 ms"],
