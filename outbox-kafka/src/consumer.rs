@@ -6,8 +6,9 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::FutureExt;
 use outbox_core::{Envelope, EventType, Handler, HandlerRegistry, RetryPolicy, error_chain};
-use outbox_seaorm::inbox::{Inbox, InboxError, Processed};
+use outbox_seaorm::inbox::{BatchItem, Inbox, InboxError, Processed};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -58,6 +59,9 @@ pub struct ConsumerStats {
     pub retries: u64,
     /// Messages of a known event type that no handler of the group handles, skipped.
     pub ignored: u64,
+    /// Inbox transactions that applied several messages together
+    /// ([`KafkaConsumerBuilder::max_batch`]).
+    pub batches: u64,
 }
 
 /// The offset after the last message done, per (topic, partition) this consumer owns.
@@ -138,7 +142,9 @@ impl ConsumerContext for GroupContext {
 /// acknowledged. A database error is retried until it goes away (or shutdown): it never
 /// dead-letters.
 ///
-/// Messages are processed one at a time, in order, so the order within a partition is kept.
+/// Messages are processed in order, so the order within a partition is kept: those already
+/// received are applied together in one transaction (up to
+/// [`KafkaConsumerBuilder::max_batch`]), falling back to one at a time when one of them fails.
 /// Keep the total retry time under `max.poll.interval.ms` (default 5 min), or the broker
 /// takes the partitions away and the message is processed again elsewhere (harmless: the inbox
 /// skips what was applied).
@@ -153,6 +159,7 @@ pub struct KafkaConsumer {
     retry: RetryPolicy,
     dlt_suffix: String,
     topics: Vec<String>,
+    max_batch: usize,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -176,6 +183,7 @@ pub struct KafkaConsumerBuilder {
     dlt_suffix: String,
     topics: Vec<String>,
     provision: Option<(i32, i32)>,
+    max_batch: usize,
 }
 
 impl fmt::Debug for KafkaConsumerBuilder {
@@ -197,6 +205,16 @@ impl KafkaConsumerBuilder {
     /// Sets the retry policy of failing handlers.
     pub fn retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+    /// Messages applied together in one inbox transaction, at most (default 64; 1 applies
+    /// each message in its own). A batch takes only messages already received, never waits for
+    /// more, and is applied with [`Inbox::process_batch`]: one query, one multi-row inbox
+    /// insert, the handlers in order, one commit. If anything in it fails, or a message of it
+    /// cannot be decoded, its messages are processed one at a time instead, with the retries and
+    /// dead letters described on [`KafkaConsumer`].
+    pub fn max_batch(mut self, messages: usize) -> Self {
+        self.max_batch = messages.clamp(1, MAX_BATCH);
         self
     }
     /// Sets the suffix of dead-letter topics (default `.dlt`).
@@ -288,9 +306,14 @@ impl KafkaConsumerBuilder {
             retry: self.retry,
             dlt_suffix: self.dlt_suffix,
             topics,
+            max_batch: self.max_batch,
         })
     }
 }
+
+/// Upper bound of [`KafkaConsumerBuilder::max_batch`] (three bind parameters per message stay
+/// far below every backend's limit).
+const MAX_BATCH: usize = 1000;
 
 enum Outcome {
     Done,
@@ -324,6 +347,7 @@ impl KafkaConsumer {
             dlt_suffix: ".dlt".to_owned(),
             topics: Vec::new(),
             provision: None,
+            max_batch: 64,
         }
     }
 
@@ -358,41 +382,150 @@ impl KafkaConsumer {
                     }
                 }
             };
-            stats.messages += 1;
-            let outcome = self.handle(&message, &mut stats, &mut shutdown).await;
-            let committed = match outcome {
-                Outcome::Shutdown => break,
-                Outcome::Done => true,
-                Outcome::DeadLetter {
-                    reason,
-                    error,
-                    attempts,
-                    handler,
-                } => {
-                    let sent = self
-                        .dead_letter(&message, &reason, &error, attempts, handler, &mut shutdown)
-                        .await;
-                    if sent {
-                        stats.dead_lettered += 1;
-                        metrics::counter!("outbox_consumer_dead_lettered_total", "group" => self.group.clone()).increment(1);
+            let mut batch = vec![message];
+            while batch.len() < self.max_batch {
+                // Only what is already here: a batch never waits.
+                match self.consumer.recv().now_or_never() {
+                    Some(Ok(m)) => batch.push(m),
+                    Some(Err(error)) => {
+                        tracing::warn!(group = %self.group, error = %error, "receive failed");
+                        break;
                     }
-                    sent
+                    None => break,
                 }
-            };
-            if !committed {
-                break;
             }
-            self.consumer.context().done().insert(
-                (message.topic().to_owned(), message.partition()),
-                message.offset() + 1,
-            );
-            if let Err(error) = self.consumer.commit_message(&message, CommitMode::Async) {
-                tracing::warn!(group = %self.group, error = %error, "offset commit failed");
+            stats.messages += batch.len() as u64;
+            if batch.len() > 1 && self.apply_batch(&batch, &mut stats).await {
+                for message in &batch {
+                    self.mark_done(message);
+                }
+                continue;
+            }
+            let mut stopped = false;
+            for message in &batch {
+                if !self.one(message, &mut stats, &mut shutdown).await {
+                    stopped = true;
+                    break;
+                }
+            }
+            if stopped {
+                break;
             }
         }
         // Commit, synchronously, what was done on the partitions still owned.
         self.consumer.context().commit_done(&self.consumer, None);
         Ok(stats)
+    }
+
+    /// Processes one message on its own (with retries and dead letters) and commits its offset;
+    /// false when shutdown came first or the dead letter could not be sent.
+    async fn one<F: Future<Output = ()> + Unpin>(
+        &self,
+        message: &BorrowedMessage<'_>,
+        stats: &mut ConsumerStats,
+        shutdown: &mut F,
+    ) -> bool {
+        let outcome = self.handle(message, stats, shutdown).await;
+        let committed = match outcome {
+            Outcome::Shutdown => return false,
+            Outcome::Done => true,
+            Outcome::DeadLetter {
+                reason,
+                error,
+                attempts,
+                handler,
+            } => {
+                let sent = self
+                    .dead_letter(message, &reason, &error, attempts, handler, shutdown)
+                    .await;
+                if sent {
+                    stats.dead_lettered += 1;
+                    metrics::counter!("outbox_consumer_dead_lettered_total", "group" => self.group.clone()).increment(1);
+                }
+                sent
+            }
+        };
+        if committed {
+            self.mark_done(message);
+        }
+        committed
+    }
+
+    /// Records `message` as done and commits its offset (asynchronously).
+    fn mark_done(&self, message: &BorrowedMessage<'_>) {
+        self.consumer.context().done().insert(
+            (message.topic().to_owned(), message.partition()),
+            message.offset() + 1,
+        );
+        if let Err(error) = self.consumer.commit_message(message, CommitMode::Async) {
+            tracing::warn!(group = %self.group, error = %error, "offset commit failed");
+        }
+    }
+
+    /// Applies `batch` in one inbox transaction; false (nothing applied) when a message does not
+    /// decode, names an unknown event, or the transaction fails: the caller then processes the
+    /// messages one by one.
+    async fn apply_batch(&self, batch: &[BorrowedMessage<'_>], stats: &mut ConsumerStats) -> bool {
+        let mut envelopes = Vec::with_capacity(batch.len());
+        for message in batch {
+            match headers::decode(message.headers(), message.payload(), message.topic()) {
+                Ok(envelope) => envelopes.push(envelope),
+                Err(_) => return false,
+            }
+        }
+        let mut keys: Vec<(String, &Handler, &Envelope)> = Vec::new();
+        let mut ignored = 0u64;
+        for envelope in &envelopes {
+            let mut handled = false;
+            for handler in self.registry.in_group(&self.group, envelope.event_name()) {
+                keys.push((
+                    format!("{}/{}", self.group, handler.id()),
+                    handler,
+                    envelope,
+                ));
+                handled = true;
+            }
+            if !handled {
+                if !EventType::is_known(envelope.event_name()) {
+                    return false;
+                }
+                ignored += 1;
+            }
+        }
+        let items: Vec<BatchItem<'_>> = keys
+            .iter()
+            .map(|(consumer, handler, envelope)| BatchItem {
+                consumer,
+                handler,
+                envelope,
+            })
+            .collect();
+        match Inbox::process_batch(&self.db, &items).await {
+            Ok(outcomes) => {
+                let applied = outcomes
+                    .iter()
+                    .filter(|o| **o == Processed::Applied)
+                    .count() as u64;
+                let duplicates = outcomes.len() as u64 - applied;
+                stats.applied += applied;
+                stats.duplicates += duplicates;
+                stats.ignored += ignored;
+                stats.batches += 1;
+                let group = self.group.clone();
+                metrics::counter!("outbox_consumer_applied_total", "group" => group.clone())
+                    .increment(applied);
+                metrics::counter!("outbox_consumer_duplicates_total", "group" => group.clone())
+                    .increment(duplicates);
+                metrics::counter!("outbox_consumer_ignored_total", "group" => group)
+                    .increment(ignored);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(group = %self.group, messages = batch.len(),
+                    error = %error_chain(&error), "batch failed; processing its messages one by one");
+                false
+            }
+        }
     }
 
     async fn handle<F: Future<Output = ()> + Unpin>(

@@ -103,7 +103,7 @@ mod context;
 pub use context::{NoTransaction, TransactionExt, with_transaction};
 
 pub mod inbox;
-pub use inbox::{Inbox, InboxError, Processed};
+pub use inbox::{BatchItem, Inbox, InboxError, Processed};
 
 mod delivery;
 mod error;

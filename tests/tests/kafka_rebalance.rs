@@ -67,6 +67,7 @@ fn start_consumer(
         let consumer = KafkaConsumer::builder(brokers, GROUP, db, registry)
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
+            .max_batch(16)
             .build()
             .await
             .expect("consumer");
@@ -94,8 +95,9 @@ async fn run(t: TestDb) {
     let publisher = KafkaPublisher::builder(brokers.clone())
         .build()
         .expect("publisher");
-    // 600 events over 30 aggregates, published in order per aggregate.
-    let batch: Vec<Envelope> = (1..=20)
+    // 1,200 events over 30 aggregates, published in order per aggregate: long enough that the
+    // consumers, applying up to 16 messages per transaction, are still busy when C joins.
+    let batch: Vec<Envelope> = (1..=40)
         .flat_map(|n| {
             (0..30).map(move |a| {
                 Envelope::builder(TicketSold::NAME, "Show", format!("show-{a}"))
@@ -128,7 +130,7 @@ async fn run(t: TestDb) {
     };
     wait_for(60).await;
     let (stop_b, b) = start_consumer(&brokers, &t.db);
-    wait_for(200).await;
+    wait_for(400).await;
     let _ = stop_a.send(());
     let stats_a = a.await.expect("consumer A");
     let (stop_c, c) = start_consumer(&brokers, &t.db);
@@ -156,13 +158,18 @@ async fn run(t: TestDb) {
         stats_a.applied > 0 && stats_b.applied > 0 && stats_c.applied > 0,
         "every consumer worked: {stats_a:?} {stats_b:?} {stats_c:?}"
     );
+    assert!(
+        stats_a.batches + stats_b.batches + stats_c.batches > 0,
+        "the backlog was applied in batches: {stats_a:?} {stats_b:?} {stats_c:?}"
+    );
 
     eprintln!(
-        "applied by A/B/C: {}/{}/{}, duplicates skipped: {}",
+        "applied by A/B/C: {}/{}/{}, duplicates skipped: {}, batches: {}",
         stats_a.applied,
         stats_b.applied,
         stats_c.applied,
-        stats_a.duplicates + stats_b.duplicates + stats_c.duplicates
+        stats_a.duplicates + stats_b.duplicates + stats_c.duplicates,
+        stats_a.batches + stats_b.batches + stats_c.batches
     );
 
     // In order per aggregate, in commit order of the effects.
