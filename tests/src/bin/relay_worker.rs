@@ -83,7 +83,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         file: Mutex::new(file),
         pause,
     };
+    // With a pause (the kill test), one cycle at a time, so exactly one batch is in flight
+    // when it is killed; otherwise the default, two cycles at once (the chaos test).
+    let concurrency = if pause.is_some() { 1 } else { 2 };
     let relay = Relay::builder(db, publisher)
+        .concurrency(concurrency)
         .batch_size(100)
         .idle_backoff(Duration::from_millis(10), Duration::from_millis(100))
         .fallback_poll(Duration::from_millis(200))
