@@ -171,11 +171,11 @@ pub struct BatchItem<'a> {
 }
 
 impl Inbox {
-    /// Applies several events in **one** transaction, in order, each once per consumer key:
-    /// one multi-row conflict-ignoring insert (`RETURNING` the rows it inserted) records them
-    /// and tells the new ones from those applied before, the new ones' handlers run (each with
-    /// the transaction in its context), and one commit makes it all durable. The result says, per item, whether it was applied or a duplicate (an event
-    /// applied before, or twice in `items`).
+    /// Applies several events in **one** transaction, in order, each once per consumer key: one
+    /// multi-row conflict-ignoring insert (`RETURNING` the rows it inserted) records them and tells
+    /// the new ones from those applied before, the new ones' handlers run (each with the
+    /// transaction in its context), and one commit makes it all durable. The result says, per item,
+    /// whether it was applied or a duplicate (an event applied before, or twice in `items`).
     ///
     /// All or nothing: if any handler or statement fails, the transaction rolls back and the
     /// error is returned; nothing of the batch was applied, and the caller retries the events

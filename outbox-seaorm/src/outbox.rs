@@ -153,8 +153,8 @@ impl Outbox {
     /// Saves `aggregate` and its pending events in one transaction.
     ///
     /// The entity row is inserted, or every non-key column of the row with its primary key is
-    /// updated (the key must be set by the application, as a UUID is: the events name the
-    /// aggregate before its row exists). Then the events are written as [`write_events`]
+    /// updated (the key must be set by the application, as a UUID is: the events name the aggregate
+    /// before its row exists). Then the events are written as [`write_events`](crate::write_events)
     /// describes, and the transaction commits. Only after the commit are the events removed from
     /// the aggregate, the relay is woken (as in [`Outbox::after_commit`]) and the in-process
     /// handlers are handed to the dispatcher; their failures never come back here.
@@ -228,15 +228,16 @@ impl Outbox {
         Ok(UnitOfWork::new(self.clone(), txn))
     }
 
-    /// [`write_events`] with this outbox's handlers and delivery grace: writes `aggregate`'s
-    /// pending events through the caller's transaction `conn`, leaving them in the aggregate.
-    /// After the commit, pass the result to [`Outbox::after_commit`].
+    /// [`write_events`](crate::write_events) with this outbox's handlers and delivery grace: writes
+    /// `aggregate`'s pending events through the caller's transaction `conn`, leaving them in the
+    /// aggregate. After the commit, pass the result to [`Outbox::after_commit`].
     ///
-    /// Unlike [`write_events`], it sends no `pg_notify` from the transaction on PostgreSQL (that
-    /// would serialize concurrent commits): [`Outbox::after_commit`] wakes the relay instead.
+    /// Unlike [`write_events`](crate::write_events), it sends no `pg_notify` from the transaction
+    /// on PostgreSQL (that would serialize concurrent commits): [`Outbox::after_commit`] wakes the
+    /// relay instead.
     ///
     /// # Errors
-    /// As [`write_events`].
+    /// As [`write_events`](crate::write_events).
     pub async fn write<A, C>(&self, conn: &C, aggregate: &A) -> Result<Written, Error>
     where
         A: AggregateRoot + ?Sized,
@@ -253,11 +254,11 @@ impl Outbox {
         .await
     }
 
-    /// Finishes a save made with [`write_events`] in the caller's transaction, once that
-    /// transaction has committed: removes the written events from `aggregate` (events registered
-    /// since stay pending), wakes the relay on PostgreSQL (a `NOTIFY` sent from a background task,
-    /// folded with the wake-ups of other commits under load), and hands the in-process handlers'
-    /// work to the dispatcher.
+    /// Finishes a save made with [`write_events`](crate::write_events) in the caller's transaction,
+    /// once that transaction has committed: removes the written events from `aggregate` (events
+    /// registered since stay pending), wakes the relay on PostgreSQL (a `NOTIFY` sent from a
+    /// background task, folded with the wake-ups of other commits under load), and hands the
+    /// in-process handlers' work to the dispatcher.
     ///
     /// Never call it before the commit succeeded; after a rollback, just drop `written`. If it is
     /// never called after a commit, nothing is lost: the recovery worker ([`crate::DeliveryWorker`])
