@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: set-up first (databases, the tansu Kafka broker,
-# built once and cached), then formatting, lints and every test of the workspace.
+# built once and cached), then formatting, lints, the docs and every test of the workspace.
 #
 #   scripts/test.sh            everything
 #   scripts/test.sh -p NAME    extra arguments go to `cargo test`
@@ -13,6 +13,8 @@ export OUTBOX_TEST_KAFKA_BROKERS="${OUTBOX_TEST_KAFKA_BROKERS:-127.0.0.1:9092}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# Every intra-doc link resolves (the doctests run with the tests below).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace "$@"
 
 # An independent client reads what the relay wrote: kafka_seed saves events on a fresh
