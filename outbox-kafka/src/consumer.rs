@@ -315,6 +315,13 @@ impl KafkaConsumerBuilder {
 /// far below every backend's limit).
 const MAX_BATCH: usize = 1000;
 
+/// Where a decoded message goes; see [`KafkaConsumer::route`].
+enum Route<'a> {
+    Handlers(Vec<&'a Handler>),
+    Ignored,
+    Unknown,
+}
+
 enum Outcome {
     Done,
     DeadLetter {
@@ -476,20 +483,14 @@ impl KafkaConsumer {
         let mut keys: Vec<(String, &Handler, &Envelope)> = Vec::new();
         let mut ignored = 0u64;
         for envelope in &envelopes {
-            let mut handled = false;
-            for handler in self.registry.in_group(&self.group, envelope.event_name()) {
-                keys.push((
-                    format!("{}/{}", self.group, handler.id()),
-                    handler,
-                    envelope,
-                ));
-                handled = true;
-            }
-            if !handled {
-                if !EventType::is_known(envelope.event_name()) {
-                    return false;
-                }
-                ignored += 1;
+            match self.route(envelope) {
+                Route::Handlers(handlers) => keys.extend(
+                    handlers
+                        .into_iter()
+                        .map(|h| (format!("{}/{}", self.group, h.id()), h, envelope)),
+                ),
+                Route::Ignored => ignored += 1,
+                Route::Unknown => return false,
             }
         }
         let items: Vec<BatchItem<'_>> = keys
@@ -528,6 +529,23 @@ impl KafkaConsumer {
         }
     }
 
+    /// Who handles `envelope` in this group. A topic often carries several event types and a
+    /// group handles some of them: an event type declared in this binary is skipped; a name
+    /// nobody here knows is malformed.
+    fn route<'a>(&'a self, envelope: &'a Envelope) -> Route<'a> {
+        let handlers: Vec<&Handler> = self
+            .registry
+            .in_group(&self.group, envelope.event_name())
+            .collect();
+        if !handlers.is_empty() {
+            Route::Handlers(handlers)
+        } else if EventType::is_known(envelope.event_name()) {
+            Route::Ignored
+        } else {
+            Route::Unknown
+        }
+    }
+
     async fn handle<F: Future<Output = ()> + Unpin>(
         &self,
         message: &BorrowedMessage<'_>,
@@ -539,25 +557,22 @@ impl KafkaConsumer {
             Ok(e) => e,
             Err(error) => return malformed(error),
         };
-        let handlers: Vec<&Handler> = self
-            .registry
-            .in_group(&self.group, envelope.event_name())
-            .collect();
-        if handlers.is_empty() {
-            // A topic often carries several event types and a group handles some of them: an
-            // event type declared in this binary is skipped; a name nobody here knows is not.
-            if EventType::is_known(envelope.event_name()) {
+        let handlers = match self.route(&envelope) {
+            Route::Handlers(handlers) => handlers,
+            Route::Ignored => {
                 stats.ignored += 1;
                 metrics::counter!("outbox_consumer_ignored_total", "group" => self.group.clone())
                     .increment(1);
                 tracing::debug!(group = %self.group, event = envelope.event_name(), "no handler in this group; skipped");
                 return Outcome::Done;
             }
-            return malformed(MalformedMessage::UnknownEvent {
-                group: self.group.clone(),
-                event: envelope.event_name().to_owned(),
-            });
-        }
+            Route::Unknown => {
+                return malformed(MalformedMessage::UnknownEvent {
+                    group: self.group.clone(),
+                    event: envelope.event_name().to_owned(),
+                });
+            }
+        };
         for handler in handlers {
             match self.apply(handler, &envelope, stats, shutdown).await {
                 Outcome::Done => {}
