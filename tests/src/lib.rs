@@ -222,3 +222,33 @@ macro_rules! db_tests {
         }
     )*};
 }
+
+/// A relay running in its own task until [`RunningRelay::stop`]: the start and stop every relay
+/// test needs.
+#[derive(Debug)]
+pub struct RunningRelay {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<outbox_seaorm::RelayStats>,
+}
+
+impl RunningRelay {
+    /// Spawns `relay.run_until(..)`.
+    pub fn start(relay: outbox_seaorm::Relay) -> RunningRelay {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            relay
+                .run_until(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+                .expect("relay run")
+        });
+        RunningRelay { stop, task }
+    }
+
+    /// Asks the relay to stop and waits until it did (its batches in flight finished).
+    pub async fn stop(self) -> outbox_seaorm::RelayStats {
+        self.stop.send(true).expect("the relay task is running");
+        self.task.await.expect("relay task")
+    }
+}

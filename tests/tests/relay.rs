@@ -12,9 +12,8 @@ use outbox_seaorm::{Completion, DeadLetterPolicy, Relay};
 use outbox_tests::fixtures::{
     Published, as_refs, assert_ordered, count, exec, insert_events, round_robin,
 };
-use outbox_tests::{Backend, TestDb, db_tests, fresh};
+use outbox_tests::{Backend, RunningRelay, TestDb, db_tests, fresh};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
-use tokio::sync::watch;
 
 fn published(publisher: &InMemoryPublisher) -> Vec<Published> {
     publisher
@@ -61,9 +60,8 @@ async fn ten_thousand_events_drained_by_three_relays(t: TestDb) {
     let publisher = InMemoryPublisher::new();
     // SQLite supports one relay per database.
     let relays = if t.backend == Backend::Sqlite { 1 } else { 3 };
-    let (stop, stopped) = watch::channel(false);
     let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut running = Vec::new();
     for i in 0..relays {
         let db = t.connect_again().await;
         let relay = Relay::builder(db, publisher.clone())
@@ -71,22 +69,13 @@ async fn ten_thousand_events_drained_by_three_relays(t: TestDb) {
             .batch_size(500)
             .fallback_poll(Duration::from_millis(200))
             .build();
-        let mut stopped = stopped.clone();
-        tasks.push(tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .expect("relay run")
-        }));
+        running.push(RunningRelay::start(relay));
     }
     wait_drained(&t.db, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();
-    stop.send(true).expect("stop");
     let mut per_relay = Vec::new();
-    for task in tasks {
-        per_relay.push(task.await.expect("join").published());
+    for relay in running {
+        per_relay.push(relay.stop().await.published());
     }
     eprintln!(
         "{:?}: 10,000 events drained by {relays} relay(s) in {elapsed:?}, per relay {per_relay:?}",
@@ -279,7 +268,6 @@ async fn intermittent_failures_retry_without_losing_order(t: TestDb) {
         .fallback_poll(Duration::from_millis(50))
         .idle_backoff(Duration::from_millis(2), Duration::from_millis(20))
         .build();
-    let (stop, mut stopped) = watch::channel(false);
     let fail_calls = publisher.clone();
     let flaky = tokio::spawn(async move {
         for _ in 0..3 {
@@ -287,17 +275,9 @@ async fn intermittent_failures_retry_without_losing_order(t: TestDb) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     });
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     wait_drained(&t.db, Duration::from_secs(30)).await;
-    stop.send(true).expect("stop");
-    let stats = run.await.expect("join");
+    let stats = running.stop().await;
     flaky.await.expect("join");
     assert_eq!(dead_count(&t.db).await.expect("dead"), 0);
     assert!(
@@ -365,18 +345,9 @@ async fn concurrent_cycles_publish_once_in_order_and_delete_rows(t: TestDb) {
         .completion(Completion::Delete)
         .fallback_poll(Duration::from_millis(200))
         .build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     wait_drained(&t.db, Duration::from_secs(60)).await;
-    stop.send(true).expect("stop");
-    let stats = run.await.expect("join");
+    let stats = running.stop().await;
     let peak = publisher.peak.load(Ordering::SeqCst);
     eprintln!(
         "{:?}: {} cycles, peak {peak} batches in flight",
@@ -421,15 +392,7 @@ async fn graceful_shutdown_finishes_the_batch_and_releases_shards(t: TestDb) {
     let publisher = InMemoryPublisher::new();
     publisher.set_delay(Some(Duration::from_millis(300)));
     let relay = Relay::builder(t.db.clone(), publisher.clone()).build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     let start = Instant::now();
     while publisher.calls() == 0 {
         assert!(
@@ -440,8 +403,7 @@ async fn graceful_shutdown_finishes_the_batch_and_releases_shards(t: TestDb) {
     }
     // Mid-batch: the publisher is still sleeping.
     let asked = Instant::now();
-    stop.send(true).expect("stop");
-    let stats = run.await.expect("join");
+    let stats = running.stop().await;
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
     assert_eq!(
@@ -471,19 +433,10 @@ async fn graceful_shutdown_finishes_the_batch_and_releases_shards(t: TestDb) {
         .fallback_poll(Duration::from_secs(30))
         .idle_backoff(Duration::from_secs(1), Duration::from_secs(10))
         .build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let asked = Instant::now();
-    stop.send(true).expect("stop");
-    run.await.expect("join");
+    running.stop().await;
     assert!(
         asked.elapsed() < Duration::from_millis(500),
         "idle shutdown too slow"

@@ -9,9 +9,8 @@ use outbox_core::testing::InMemoryPublisher;
 use outbox_seaorm::Relay;
 use outbox_seaorm::relay::pending_count;
 use outbox_tests::fixtures::{Published, as_refs, assert_ordered, insert_events, round_robin};
-use outbox_tests::{Backend, TestDb, db_tests, fresh};
+use outbox_tests::{Backend, RunningRelay, TestDb, db_tests, fresh};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
-use tokio::sync::watch;
 use uuid::Uuid;
 
 fn read_lines(path: &std::path::Path) -> Vec<Published> {
@@ -168,15 +167,7 @@ async fn relay_recovers_from_terminated_connections(backend: Backend, test: &str
         .fallback_poll(Duration::from_secs(30))
         .idle_backoff(Duration::from_millis(10), Duration::from_millis(200))
         .build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     let mut kills = 0;
     for _ in 0..3 {
         let start = Instant::now();
@@ -204,8 +195,7 @@ async fn relay_recovers_from_terminated_connections(backend: Backend, test: &str
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    stop.send(true).expect("stop");
-    let stats = run.await.expect("join");
+    let stats = running.stop().await;
     let published: Vec<Published> = publisher
         .published()
         .envelopes()

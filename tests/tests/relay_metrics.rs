@@ -14,8 +14,7 @@ use outbox_core::testing::InMemoryPublisher;
 use outbox_seaorm::Relay;
 use outbox_seaorm::relay::{dead_count, pending_count};
 use outbox_tests::fixtures::insert_events;
-use outbox_tests::{Backend, fresh};
-use tokio::sync::watch;
+use outbox_tests::{Backend, RunningRelay, fresh};
 
 type Values = Arc<Mutex<HashMap<String, f64>>>;
 
@@ -113,22 +112,13 @@ async fn relay_reports_counters_and_backlog_gauges() {
         )
         .idle_backoff(Duration::from_millis(5), Duration::from_millis(20))
         .build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run")
-    });
+    let running = RunningRelay::start(relay);
     let start = Instant::now();
     while pending_count(&t.db).await.expect("pending") > 0 {
         assert!(start.elapsed() < Duration::from_secs(10), "not drained");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    stop.send(true).expect("stop");
-    run.await.expect("join");
+    running.stop().await;
     assert_eq!(dead_count(&t.db).await.expect("dead"), 1);
 
     let values = values.lock().expect("metrics lock").clone();

@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 use outbox_core::testing::InMemoryPublisher;
 use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventMetadata, HandlerRegistry};
 use outbox_seaorm::{Outbox, Relay, write_events};
-use outbox_tests::{Backend, TestDb, db_tests};
+use outbox_tests::{Backend, RunningRelay, TestDb, db_tests};
 use sea_orm::{ActiveModelTrait, ConnectionTrait, IntoActiveModel, Schema, TransactionTrait};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
 
 mod order {
     use outbox_core::{AggregateRoot, DomainEvents};
@@ -59,11 +58,8 @@ struct OrderPaid {
     order_id: String,
 }
 
-/// A relay that only a notification can wake within 5 s on PostgreSQL, running until `stop`.
-async fn start_relay(
-    t: &TestDb,
-    publisher: &InMemoryPublisher,
-) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+/// A relay that only a notification can wake within 5 s on PostgreSQL, already idle.
+async fn start_relay(t: &TestDb, publisher: &InMemoryPublisher) -> RunningRelay {
     let mut relay = Relay::builder(t.connect_again().await, publisher.clone());
     if t.backend == Backend::Postgres {
         // Only a notification can wake it within the test's limit.
@@ -72,18 +68,10 @@ async fn start_relay(
             .idle_backoff(Duration::from_secs(30), Duration::from_secs(30));
     }
     let relay = relay.build();
-    let (stop, mut stopped) = watch::channel(false);
-    let run = tokio::spawn(async move {
-        relay
-            .run_until(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-            .expect("run");
-    });
+    let running = RunningRelay::start(relay);
     // Let the relay go idle (and LISTEN) first.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    (stop, run)
+    running
 }
 
 async fn create_orders(t: &TestDb) {
@@ -111,7 +99,7 @@ async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
     create_orders(&t).await;
     let outbox = Outbox::builder(t.db.clone()).build();
     let publisher = InMemoryPublisher::new();
-    let (stop, run) = start_relay(&t, &publisher).await;
+    let running = start_relay(&t, &publisher).await;
 
     let mut order = order::Model {
         id: "o-1".into(),
@@ -144,8 +132,7 @@ async fn saved_events_reach_the_publisher_intact_and_promptly(t: TestDb) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let latency = saved_at.elapsed();
-    stop.send(true).expect("stop");
-    run.await.expect("join");
+    running.stop().await;
     eprintln!("{:?}: save to publish in {latency:?}", t.backend);
 
     let published = publisher.published();
@@ -197,7 +184,7 @@ async fn every_write_path_wakes_the_relay(t: TestDb) {
     create_orders(&t).await;
     let outbox = Outbox::builder(t.db.clone()).build();
     let publisher = InMemoryPublisher::new();
-    let (stop, run) = start_relay(&t, &publisher).await;
+    let running = start_relay(&t, &publisher).await;
 
     let mut a = placed("uow");
     let mut uow = outbox.begin().await.expect("begin");
@@ -238,8 +225,7 @@ async fn every_write_path_wakes_the_relay(t: TestDb) {
     // No after_commit: only the transaction's own NOTIFY wakes the relay.
     let free_latency = published_promptly(&publisher, 3, "write_events in a transaction").await;
 
-    stop.send(true).expect("stop");
-    run.await.expect("join");
+    running.stop().await;
     eprintln!(
         "{:?}: unit of work {uow_latency:?}, write + after_commit {write_latency:?}, \
          write_events {free_latency:?}",
