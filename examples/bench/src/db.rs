@@ -204,3 +204,8 @@ pub(crate) fn publisher(brokers: &str) -> outbox_kafka::KafkaPublisherBuilder {
     }
     builder
 }
+
+/// A numeric `BENCH_*` environment knob, for profiling.
+pub(crate) fn env_knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}

@@ -97,10 +97,10 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
     // queued saves must not make it wait for a connection.
     let relay_db = crate::db::connect(&bench.url, 8).await?;
     let mut relay = Relay::builder(relay_db.clone(), publisher);
-    if let Some(cycles) = crate::relay::env_knob("BENCH_RELAY_CONCURRENCY") {
+    if let Some(cycles) = crate::db::env_knob("BENCH_RELAY_CONCURRENCY") {
         relay = relay.concurrency(cycles);
     }
-    if let Some(shards) = crate::relay::env_knob("BENCH_RELAY_SHARDS") {
+    if let Some(shards) = crate::db::env_knob("BENCH_RELAY_SHARDS") {
         relay = relay.shards_per_claim(shards);
     }
     let relay = relay.build();

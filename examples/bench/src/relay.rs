@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{BenchDb, TOPIC, connect, kafka, stmt};
+use crate::db::{BenchDb, TOPIC, connect, env_knob, kafka, stmt};
 use crate::model::OrderPlaced;
 use crate::report::{Report, Section, num};
 use crate::stats::{cpu_time, median, peak_rss_kib};
@@ -58,11 +58,6 @@ const MODES: [(&str, &str); 4] = [
 
 /// Cycles in flight of the tuned relay (`RelayBuilder::concurrency`).
 const TUNED_CONCURRENCY: usize = 4;
-
-/// A numeric `BENCH_*` environment knob.
-pub(crate) fn env_knob(name: &str) -> Option<usize> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
 
 /// Writes `n` pending outbox rows: `n / 10` aggregates, 10 events each, interleaved.
 async fn seed(bench: &BenchDb, n: usize) -> BoxResult<()> {

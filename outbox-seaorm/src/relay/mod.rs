@@ -479,19 +479,18 @@ impl Relay {
         loop {
             // A cycle once begun runs to its end, so its batch is recorded.
             let result = self.run_once().await;
+            if let Ok(report) = &result {
+                stats.add(report);
+            }
             if gauges && gauges_at.is_none_or(|at| at.elapsed() >= GAUGE_INTERVAL) {
                 gauges_at = Some(Instant::now());
                 self.refresh_gauges().await;
             }
             if *stopped.borrow() {
-                if let Ok(report) = &result {
-                    stats.add(report);
-                }
                 break;
             }
             let wait = match result {
                 Ok(report) => {
-                    stats.add(&report);
                     error_backoff = self.config.idle_min.max(Duration::from_millis(50));
                     if let Some(at) = report.next_retry_at {
                         let in_ = (at - Utc::now()).to_std().unwrap_or_default();
