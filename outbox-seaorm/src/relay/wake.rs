@@ -11,9 +11,6 @@ use tokio::task::JoinHandle;
 
 use super::sql::error_chain;
 
-/// The channel the save path notifies on commit.
-pub(crate) const CHANNEL: &str = "outbox";
-
 /// A background task that holds one pooled connection in `LISTEN outbox` and wakes the relay
 /// on every notification. It reconnects (with backoff) when the connection is lost, and wakes
 /// the relay after reconnecting, since notifications sent meanwhile were lost. Stopped on drop.
@@ -90,6 +87,6 @@ async fn listen(pool: PgPool, notify: Arc<Notify>, listening: Arc<AtomicBool>) {
 
 async fn subscribe(pool: &PgPool) -> Result<PgListener, sea_orm::sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(CHANNEL).await?;
+    listener.listen(crate::NOTIFY_CHANNEL).await?;
     Ok(listener)
 }
