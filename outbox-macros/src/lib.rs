@@ -19,8 +19,8 @@ use syn::{DeriveInput, ItemFn, Path, parse_macro_input};
 ///
 /// `#[event(name = "OrderCreated", version = 1, topic = "orders")]`, every key optional: the
 /// name defaults to the type's name, the version to 1, the topic to none (the aggregate's). The
-/// name must read as past tense (its last word: `OrderCreated`, `PaymentPaid`), and the error
-/// suggests one when it does not; `#[event(allow_non_past_tense)]` opts out for a name that is
+/// name must read as past tense (`OrderCreated`, `InvoicePaid`, `UserLoggedIn`,
+/// `OrderPaidInFull`; the rule is in `words.rs`), and the error suggests one when it does not; `#[event(allow_non_past_tense)]` opts out for a name that is
 /// right as it is.
 ///
 /// ```

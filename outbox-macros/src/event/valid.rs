@@ -67,7 +67,9 @@ fn check_name(cx: &Ctxt, input: &Input<'_>) {
             ));
         }
         (None, _) => {
-            msg.push_str("\n\nhelp: end the name with a past-tense verb, like `OrderCreated` or `PaymentPaid`");
+            msg.push_str(
+                "\n\nhelp: name the event as a fact in the past tense, what it happened to first: `OrderShipped`, `UserLoggedIn`",
+            );
         }
     }
     msg.push_str(
