@@ -38,8 +38,35 @@ pub trait AggregateRoot {
     /// The aggregate's routing name (`"Order"`): the outbox's aggregate type and the default topic.
     const AGGREGATE_TYPE: &'static str;
 
+    /// Whether the aggregate has an `#[aggregate(version)]` field: its saves are then refused
+    /// when the stored version moved since it was loaded (optimistic concurrency), and its
+    /// events are numbered from the version.
+    const VERSIONED: bool = false;
+
+    /// The name of the `#[aggregate(version)]` field, so a backend finds its column.
+    const VERSION_FIELD: Option<&'static str> = None;
+
+    /// The largest version the `#[aggregate(version)]` field's type holds.
+    const MAX_VERSION: i64 = i64::MAX;
+
     /// The aggregate's id, as stored in the outbox and used as the Kafka message key.
     fn aggregate_id(&self) -> String;
+
+    /// The version the aggregate was loaded at (0: never saved), or `None` when it is not
+    /// versioned.
+    ///
+    /// The version counts the changes saved: each event moves it by one, and a save that writes
+    /// the aggregate without any event moves it by one too.
+    fn version(&self) -> Option<i64> {
+        None
+    }
+
+    /// Sets the version once a save committed. The backend calls it; application code should
+    /// leave the version alone (it is what the next save compares with). Does nothing on an
+    /// aggregate that is not versioned.
+    fn set_version(&mut self, version: i64) {
+        let _ = version;
+    }
 
     /// The events registered and not saved yet.
     fn pending_events(&self) -> &DomainEvents;

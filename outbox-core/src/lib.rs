@@ -132,6 +132,45 @@ pub mod __private {
         }
     }
 
+    /// The `#[aggregate(version)]` field: an integer type the version is read from and written
+    /// to, spanned at the field's type so a field of another type is reported once, there.
+    #[diagnostic::on_unimplemented(
+        message = "the `#[aggregate(version)]` field must be an integer, not `{Self}`",
+        label = "expected an integer type (`i64`, `i32`, `u32`, ...)",
+        note = "declare it `version: i64` (a column of the aggregate's table)"
+    )]
+    pub trait VersionField {
+        /// The largest version the type holds (at most `i64::MAX`).
+        const MAX: i64;
+        /// The version; a negative value or one above `i64::MAX` reads as `-1` (refused by the
+        /// save).
+        fn get(&self) -> i64;
+        /// Stores `version`, which the save checked to be within `0..=MAX`.
+        fn set(&mut self, version: i64);
+    }
+
+    macro_rules! version_field {
+        ($($t:ty),*) => {$(
+            impl VersionField for $t {
+                const MAX: i64 = if (<$t>::MAX as u128) > (i64::MAX as u128) {
+                    i64::MAX
+                } else {
+                    <$t>::MAX as i64
+                };
+                fn get(&self) -> i64 {
+                    i64::try_from(*self).unwrap_or(-1)
+                }
+                #[allow(irrefutable_let_patterns)]
+                fn set(&mut self, version: i64) {
+                    if let Ok(v) = <$t>::try_from(version) {
+                        *self = v;
+                    }
+                }
+            }
+        )*};
+    }
+    version_field!(i16, i32, i64, u16, u32, u64, isize, usize);
+
     /// The supertraits of [`DomainEvent`], for the stub impl the derive emits next to its errors.
     pub trait EventBounds:
         serde::Serialize

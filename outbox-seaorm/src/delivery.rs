@@ -21,11 +21,11 @@ use crate::time;
 use crate::write::Written;
 
 /// `outbox_delivery.status` of a row waiting for its handler.
-pub(crate) const PENDING: i16 = 0;
+pub(crate) const PENDING: i16 = crate::status::DeliveryStatus::Pending.value();
 /// `outbox_delivery.status` of a row whose handler completed.
-pub(crate) const DONE: i16 = 1;
+pub(crate) const DONE: i16 = crate::status::DeliveryStatus::Done.value();
 /// `outbox_delivery.status` of a row given up on.
-pub(crate) const DEAD: i16 = 2;
+pub(crate) const DEAD: i16 = crate::status::DeliveryStatus::Dead.value();
 
 /// The longest `last_error` stored, in bytes.
 const MAX_ERROR_LEN: usize = 8 * 1024;

@@ -53,6 +53,72 @@ pub enum Error {
     /// An earlier statement of this unit of work failed, so it can only be rolled back.
     #[error("an earlier statement of this unit of work failed; it was rolled back")]
     Aborted,
+    /// Optimistic concurrency: the versioned aggregate was saved by someone else since it was
+    /// loaded (or, saved as new, its id exists). Nothing was written and the aggregate keeps its
+    /// events: reload it, apply the change again and save again.
+    #[error(
+        "aggregate `{aggregate_type}` `{aggregate_id}` was changed since it was loaded: \
+         expected version {expected}, stored {}",
+        stored(.actual)
+    )]
+    Conflict {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The aggregate's id.
+        aggregate_id: String,
+        /// The version it was loaded at (0: saved as new).
+        expected: i64,
+        /// The version stored now; `None` when there is no row.
+        actual: Option<i64>,
+    },
+    /// The `#[aggregate(version)]` field is not a column of the aggregate's entity.
+    #[error(
+        "the version field `{field}` of aggregate `{aggregate_type}` is not a column of its \
+         entity (remove `#[sea_orm(ignore)]` from it)"
+    )]
+    VersionColumn {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The field's name.
+        field: &'static str,
+    },
+    /// The aggregate's version is negative, or the save would move it past what its field holds.
+    #[error(
+        "version {version} of aggregate `{aggregate_type}` `{aggregate_id}` cannot move forward \
+         (the field holds 0..={max})"
+    )]
+    VersionOutOfRange {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The aggregate's id.
+        aggregate_id: String,
+        /// The version it holds.
+        version: i64,
+        /// The largest version its field holds.
+        max: i64,
+    },
+    /// Only the events of a versioned aggregate were to be written: its events are numbered
+    /// from its version, which only a write of its row checks and moves. Save it with
+    /// [`crate::save_in`], [`crate::Outbox::save`] or [`crate::UnitOfWork::save`].
+    #[error(
+        "aggregate `{aggregate_type}` `{aggregate_id}` is versioned: its row and its events are \
+         written together (use `save_in`, `Outbox::save` or `UnitOfWork::save`, not \
+         `write_events` or `record`)"
+    )]
+    VersionedRowNeeded {
+        /// The aggregate's routing name.
+        aggregate_type: &'static str,
+        /// The aggregate's id.
+        aggregate_id: String,
+    },
+}
+
+/// The stored version of a conflict, for its message.
+fn stored(actual: &Option<i64>) -> String {
+    match actual {
+        Some(version) => version.to_string(),
+        None => "none (no row)".to_owned(),
+    }
 }
 
 impl Error {
@@ -62,10 +128,21 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(err) => db_err_is_retryable(err),
-            Error::Event { .. } | Error::Row { .. } | Error::NotFound { .. } | Error::Aborted => {
-                false
-            }
+            Error::Event { .. }
+            | Error::Row { .. }
+            | Error::NotFound { .. }
+            | Error::Aborted
+            | Error::Conflict { .. }
+            | Error::VersionColumn { .. }
+            | Error::VersionOutOfRange { .. }
+            | Error::VersionedRowNeeded { .. } => false,
         }
+    }
+
+    /// Whether this is an optimistic-concurrency [`Error::Conflict`]: reload the aggregate,
+    /// apply the change again and save again.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict { .. })
     }
 }
 

@@ -6,8 +6,9 @@
 //! own transaction that also records its completion in `outbox_delivery`, so a handler that
 //! writes through [`TransactionExt::transaction`] takes effect exactly once. A crash or a failing
 //! handler leaves the record pending for the [`DeliveryWorker`]. [`Outbox::begin`] opens a
-//! [`UnitOfWork`] for several aggregates and your own statements; [`write_events`] works inside a
-//! transaction you run yourself. The relay ([`relay`]) publishes the outbox rows to a broker.
+//! [`UnitOfWork`] for several aggregates and your own statements; [`save_in`] and
+//! [`write_events`] work inside a transaction you run yourself. The relay ([`relay`]) publishes
+//! the outbox rows to a broker.
 //!
 //! ```
 //! use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
@@ -109,11 +110,16 @@ mod delivery;
 mod error;
 mod notifier;
 mod outbox;
+mod save;
+mod status;
 mod uow;
-mod write;
+/// The save path's types under the name the delivery module imports them by.
+mod write {
+    pub(crate) use crate::save::Written;
+}
 
 pub use delivery::DeliveryWorker;
 pub use error::Error;
 pub use outbox::{Outbox, OutboxBuilder};
+pub use save::{NOTIFY_CHANNEL, Written, save_in, write_events};
 pub use uow::UnitOfWork;
-pub use write::{NOTIFY_CHANNEL, Written, write_events};

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use tokio::sync::mpsc;
 
-use crate::write::NOTIFY_CHANNEL;
+use crate::save::NOTIFY_CHANNEL;
 
 /// Asks a background task to send `NOTIFY outbox` (PostgreSQL only; a no-op elsewhere).
 pub(crate) struct Notifier {

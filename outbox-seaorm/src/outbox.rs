@@ -13,12 +13,8 @@ use sea_orm::{
 use crate::delivery::dispatch_job;
 use crate::error::Error;
 use crate::notifier::Notifier;
+use crate::save::{self, ActiveOf, Wake, Written};
 use crate::uow::UnitOfWork;
-use crate::write::Wake;
-use crate::write::{
-    ActiveOf, Written, delete_existing, fits_one_statement, forget_written, upsert_model,
-    upsert_statement, write,
-};
 
 /// Saves aggregates together with their pending events, and runs the in-process handlers after
 /// the commit.
@@ -152,70 +148,85 @@ impl Outbox {
 
     /// Saves `aggregate` and its pending events in one transaction.
     ///
-    /// The entity row is inserted, or every non-key column of the row with its primary key is
-    /// updated (the key must be set by the application, as a UUID is: the events name the aggregate
-    /// before its row exists). Then the events are written as [`write_events`](crate::write_events)
-    /// describes, and the transaction commits. Only after the commit are the events removed from
-    /// the aggregate, the relay is woken (as in [`Outbox::after_commit`]) and the in-process
-    /// handlers are handed to the dispatcher; their failures never come back here.
+    /// The aggregate's row is written first:
+    ///
+    /// - **versioned** (`#[aggregate(version)]`, recommended): at version 0 the row is inserted,
+    ///   and an existing row with the same id is a conflict, never overwritten; otherwise the row
+    ///   is updated only where the stored version is the one the aggregate was loaded at, and
+    ///   the same statement moves the version forward (by one per event, or by one when there
+    ///   is none). When the stored version moved, the save fails with [`Error::Conflict`] and
+    ///   writes nothing: reload, apply the change again, save again;
+    /// - **unversioned**: the row is inserted, or every non-key column of the row with its
+    ///   primary key is updated: the last writer wins, even over a change it never saw.
+    ///
+    /// The key must be set by the application, as a UUID is: the events name the aggregate before
+    /// its row exists. Then the events are written as [`write_events`](crate::write_events)
+    /// describes (a versioned aggregate's events are numbered from its version), and the
+    /// transaction commits. Only after the commit are the events removed from the aggregate, its
+    /// version set to the new one, the relay woken (as in [`Outbox::after_commit`]) and the
+    /// in-process handlers handed to the dispatcher; their failures never come back here.
+    ///
+    /// On PostgreSQL a save with events (and a row write that is not a delete) is one statement,
+    /// one round trip, with no `BEGIN` and `COMMIT`.
     ///
     /// # Errors
-    /// [`Error::Event`] when an event does not serialize, [`Error::Database`] when a statement or
-    /// the commit fails. In every error case nothing was committed and `aggregate` still holds
-    /// its events.
+    /// [`Error::Conflict`] when a versioned aggregate's stored version moved, [`Error::Event`]
+    /// when an event does not serialize, [`Error::Database`] when a statement or the commit
+    /// fails. In every error case nothing was committed and `aggregate` still holds its events
+    /// and its version.
     pub async fn save<A>(&self, aggregate: &mut A) -> Result<(), Error>
     where
         A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
-        let db = &self.inner.db;
-        if db.get_database_backend() == DbBackend::Postgres {
-            // One statement is atomic on its own: the entity upsert, the sequence bump, the
-            // outbox and delivery rows go in one round trip, without BEGIN and
-            // COMMIT.
-            if aggregate.pending_events().is_empty() {
-                return upsert_model(db, &*aggregate).await;
-            }
-            if fits_one_statement(&*aggregate, &self.inner.handlers) {
-                let entity = upsert_statement(&*aggregate, DbBackend::Postgres);
-                let written = write(
-                    db,
-                    Some(entity),
-                    &*aggregate,
-                    &self.inner.handlers,
-                    self.inner.grace,
-                    Wake::AfterCommit,
-                )
-                .await?;
-                self.after_commit(aggregate, written).await;
-                return Ok(());
-            }
-        }
-        let txn = begin_write(db).await?;
-        upsert_model(&txn, &*aggregate).await?;
-        let written = self.write(&txn, &*aggregate).await?;
-        txn.commit().await?;
+        let backend = self.inner.db.get_database_backend();
+        let plan = save::plan_save(
+            &*aggregate,
+            &self.inner.handlers,
+            self.inner.grace,
+            Wake::AfterCommit,
+            backend,
+        )?;
+        let written = self.execute(plan).await?;
         self.after_commit(aggregate, written).await;
         Ok(())
     }
 
     /// Deletes `aggregate`'s row and writes its pending events (`OrderDeleted`, say) in one
-    /// transaction; after the commit, as [`Outbox::save`].
+    /// transaction; after the commit, as [`Outbox::save`]. A versioned aggregate's row is deleted
+    /// only at the version it was loaded at.
     ///
     /// # Errors
-    /// [`Error::NotFound`] when there is no row to delete, otherwise as [`Outbox::save`]; nothing
-    /// was committed and `aggregate` still holds its events.
+    /// [`Error::NotFound`] when there is no row to delete, [`Error::Conflict`] when a versioned
+    /// aggregate's stored version moved, otherwise as [`Outbox::save`]; nothing was committed
+    /// and `aggregate` still holds its events.
     pub async fn delete<A>(&self, aggregate: &mut A) -> Result<(), Error>
     where
-        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
-        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+        A: AggregateRoot + ModelTrait,
     {
-        let txn = begin_write(&self.inner.db).await?;
-        delete_existing(&txn, &*aggregate).await?;
-        let written = self.write(&txn, &*aggregate).await?;
-        txn.commit().await?;
+        let backend = self.inner.db.get_database_backend();
+        let plan = save::plan_delete(
+            &*aggregate,
+            &self.inner.handlers,
+            self.inner.grace,
+            Wake::AfterCommit,
+            backend,
+        )?;
+        let written = self.execute(plan).await?;
         self.after_commit(aggregate, written).await;
         Ok(())
+    }
+
+    /// Runs a plan on the pool: without a transaction when it is one statement, else in one.
+    async fn execute(&self, plan: save::Plan) -> Result<Written, Error> {
+        let db = &self.inner.db;
+        if save::is_one_statement(&plan, db.get_database_backend()) {
+            return save::execute(db, plan).await;
+        }
+        let txn = begin_write(db).await?;
+        let written = save::execute(&txn, plan).await?;
+        txn.commit().await?;
+        Ok(written)
     }
 
     /// Begins a [`UnitOfWork`]: several aggregates and the caller's own writes in one
@@ -228,35 +239,61 @@ impl Outbox {
         Ok(UnitOfWork::new(self.clone(), txn))
     }
 
-    /// [`write_events`](crate::write_events) with this outbox's handlers and delivery grace: writes
-    /// `aggregate`'s pending events through the caller's transaction `conn`, leaving them in the
-    /// aggregate. After the commit, pass the result to [`Outbox::after_commit`].
+    /// [`save_in`](crate::save_in) with this outbox's handlers and delivery grace: saves
+    /// `aggregate` (its row, by the rules of [`Outbox::save`], and its pending events) through
+    /// the caller's transaction `conn`, leaving the events in the aggregate. After the commit,
+    /// pass the result to [`Outbox::after_commit`].
+    ///
+    /// It sends no `pg_notify` from the transaction on PostgreSQL (that would serialize
+    /// concurrent commits): [`Outbox::after_commit`] wakes the relay instead.
+    ///
+    /// # Errors
+    /// As [`Outbox::save`]; roll the transaction back then.
+    pub async fn save_in<A, C>(&self, conn: &C, aggregate: &A) -> Result<Written, Error>
+    where
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+        C: ConnectionTrait,
+    {
+        let plan = save::plan_save(
+            aggregate,
+            &self.inner.handlers,
+            self.inner.grace,
+            Wake::AfterCommit,
+            conn.get_database_backend(),
+        )?;
+        save::execute(conn, plan).await
+    }
+
+    /// [`write_events`](crate::write_events) with this outbox's handlers and delivery grace:
+    /// writes `aggregate`'s pending events through the caller's transaction `conn`, leaving them
+    /// in the aggregate. After the commit, pass the result to [`Outbox::after_commit`].
     ///
     /// Unlike [`write_events`](crate::write_events), it sends no `pg_notify` from the transaction
     /// on PostgreSQL (that would serialize concurrent commits): [`Outbox::after_commit`] wakes the
     /// relay instead.
     ///
     /// # Errors
-    /// As [`write_events`](crate::write_events).
+    /// As [`write_events`](crate::write_events) (a versioned aggregate is refused: use
+    /// [`Outbox::save_in`]).
     pub async fn write<A, C>(&self, conn: &C, aggregate: &A) -> Result<Written, Error>
     where
         A: AggregateRoot + ?Sized,
         C: ConnectionTrait,
     {
-        write(
-            conn,
-            None,
+        let plan = save::plan_events(
             aggregate,
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
-        )
-        .await
+        )?;
+        save::execute(conn, plan).await
     }
 
-    /// Finishes a save made with [`write_events`](crate::write_events) in the caller's transaction,
-    /// once that transaction has committed: removes the written events from `aggregate` (events
-    /// registered since stay pending), wakes the relay on PostgreSQL (a `NOTIFY` sent from a
+    /// Finishes a save made with [`save_in`](crate::save_in) or
+    /// [`write_events`](crate::write_events) in the caller's transaction, once that transaction
+    /// has committed: removes the written events from `aggregate` (events registered since stay
+    /// pending), sets a versioned aggregate's new version, wakes the relay on PostgreSQL (a `NOTIFY` sent from a
     /// background task, folded with the wake-ups of other commits under load), and hands the
     /// in-process handlers' work to the dispatcher.
     ///
@@ -268,7 +305,7 @@ impl Outbox {
     where
         A: AggregateRoot + ?Sized,
     {
-        forget_written(aggregate.pending_events_mut(), &written);
+        written.settle(aggregate);
         self.dispatch(written).await;
     }
 

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `outbox` | one row per event: `id`, `aggregatetype`, `aggregateid`, `type`, `payload` (the columns Debezium's outbox event router reads by default), plus order, routing and delivery state |
 //! | `outbox_sequence` | the last sequence number of each aggregate; its row lock orders concurrent saves of one aggregate |
+//! | `outbox_version_offset` | per versioned aggregate that ever saved without an event, how many of its versions carried none: its events' sequence is the version minus that |
 //! | `outbox_shard` | one row per relay shard; a relay holds a shard's row lock while it publishes the shard's events |
 //! | `outbox_delivery` | one row per (event, in-process handler): the durable after-commit handler registry |
 //! | `outbox_inbox` | one row per (event, consumer) applied: consumers' idempotency |
@@ -85,6 +86,21 @@ pub enum OutboxSequence {
     AggregateId,
     /// The last sequence number given out.
     LastSequence,
+}
+
+/// Table and column names.
+#[derive(DeriveIden, Clone, Copy, Debug)]
+pub enum OutboxVersionOffset {
+    /// `outbox_version_offset`
+    Table,
+    /// Aggregate routing name.
+    #[sea_orm(iden = "aggregatetype")]
+    AggregateType,
+    /// Aggregate id.
+    #[sea_orm(iden = "aggregateid")]
+    AggregateId,
+    /// How many versions of the aggregate were saved without an event.
+    EventlessVersions,
 }
 
 /// Table and column names.
@@ -398,9 +414,57 @@ impl MigrationTrait for CreateOutboxTables {
     }
 }
 
+/// Adds `outbox_version_offset`, for versioned aggregates (migration
+/// `outbox_m0003_version_offset`).
+///
+/// A versioned aggregate's version moves by one per event, and by one for a save without
+/// events; its events' sequence numbers must have no gap, so such saves are counted here and
+/// subtracted. An aggregate that always saves with events never gets a row.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CreateVersionOffset;
+
+impl MigrationName for CreateVersionOffset {
+    fn name(&self) -> &str {
+        "outbox_m0003_version_offset"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateVersionOffset {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(OutboxVersionOffset::Table)
+                    .if_not_exists()
+                    .col(name(OutboxVersionOffset::AggregateType))
+                    .col(name(OutboxVersionOffset::AggregateId))
+                    .col(big(OutboxVersionOffset::EventlessVersions))
+                    .primary_key(
+                        Index::create()
+                            .col(OutboxVersionOffset::AggregateType)
+                            .col(OutboxVersionOffset::AggregateId),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_table(
+                Table::drop()
+                    .table(OutboxVersionOffset::Table)
+                    .if_exists()
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
 /// The outbox's migrations, in order, to add to your own `MigratorTrait::migrations()`.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(CreateOutboxTables)]
+    vec![Box::new(CreateOutboxTables), Box::new(CreateVersionOffset)]
 }
 
 /// A migrator holding only the outbox's migrations.

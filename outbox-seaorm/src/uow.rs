@@ -3,14 +3,18 @@
 use std::fmt;
 use std::ops::Deref;
 
-use outbox_core::{AggregateRoot, DomainEvents};
+use outbox_core::AggregateRoot;
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseTransaction, DbBackend, IntoActiveModel, ModelTrait,
 };
 
 use crate::error::Error;
 use crate::outbox::Outbox;
-use crate::write::{ActiveOf, Written, delete_existing, forget_written, upsert_model};
+use crate::save::{self, ActiveOf, Wake, Written};
+
+/// What the commit does to one enlisted aggregate: removes its written events and sets its new
+/// version.
+type Settle<'a> = Box<dyn FnOnce(&Written) + Send + 'a>;
 
 /// One transaction in which several aggregates are saved or deleted, events recorded, and the
 /// caller's own statements run; begun with [`Outbox::begin`].
@@ -21,8 +25,10 @@ use crate::write::{ActiveOf, Written, delete_existing, forget_written, upsert_mo
 ///   aggregate's pending events through the transaction but leave them in the aggregate. The
 ///   unit of work keeps the aggregate mutably borrowed until it ends, so nothing can change its
 ///   events meanwhile (and one aggregate cannot be enlisted twice).
+/// - A versioned aggregate is saved, or deleted, only at the version it was loaded at
+///   ([`Error::Conflict`] otherwise, which spoils the unit of work like any failure).
 /// - [`commit`](Self::commit) commits; only if the commit succeeds are the written events
-///   removed from the aggregates and dispatched to the in-process handlers, in the order they
+///   removed from the aggregates, their new versions set, and the events dispatched to the in-process handlers, in the order they
 ///   were enlisted.
 /// - [`rollback`](Self::rollback), a failed commit, or dropping the unit of work rolls the
 ///   transaction back: every aggregate still holds all its events and no handler runs.
@@ -34,7 +40,7 @@ use crate::write::{ActiveOf, Written, delete_existing, forget_written, upsert_mo
 pub struct UnitOfWork<'a> {
     outbox: Outbox,
     txn: DatabaseTransaction,
-    enlisted: Vec<(&'a mut DomainEvents, Written)>,
+    enlisted: Vec<(Settle<'a>, Written)>,
     aborted: bool,
 }
 
@@ -77,25 +83,47 @@ impl<'a> UnitOfWork<'a> {
         result
     }
 
-    /// Upserts `aggregate`'s row and writes its pending events (see [`Outbox::save`]).
+    /// Runs `plan` in the transaction and enlists `aggregate` for the commit.
+    async fn run<A>(
+        &mut self,
+        aggregate: &'a mut A,
+        plan: Result<save::Plan, Error>,
+    ) -> Result<(), Error>
+    where
+        A: AggregateRoot + Send,
+    {
+        self.check()?;
+        let result = match plan {
+            Ok(plan) => save::execute(&self.txn, plan).await,
+            Err(err) => Err(err),
+        };
+        let written = self.spoil(result)?;
+        self.enlisted.push((
+            Box::new(move |written: &Written| written.settle(aggregate)),
+            written,
+        ));
+        Ok(())
+    }
+
+    /// Saves `aggregate`'s row and its pending events (see [`Outbox::save`]: a versioned
+    /// aggregate only at the version it was loaded at, an unversioned one upserted).
     ///
     /// # Errors
     /// As [`Outbox::save`]; the unit of work is then spoiled (see the type's documentation).
     pub async fn save<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
     where
-        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>> + Send,
         ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     {
-        self.check()?;
-        let result = async {
-            upsert_model(&self.txn, &*aggregate).await?;
-            self.outbox.write(&self.txn, &*aggregate).await
-        }
-        .await;
-        let written = self.spoil(result)?;
-        self.enlisted
-            .push((aggregate.pending_events_mut(), written));
-        Ok(())
+        let outbox = &self.outbox;
+        let plan = save::plan_save(
+            &*aggregate,
+            outbox.handlers(),
+            outbox.delivery_grace(),
+            Wake::AfterCommit,
+            self.txn.get_database_backend(),
+        );
+        self.run(aggregate, plan).await
     }
 
     /// Deletes `aggregate`'s row and writes its pending events (see [`Outbox::delete`]).
@@ -104,36 +132,37 @@ impl<'a> UnitOfWork<'a> {
     /// As [`Outbox::delete`]; the unit of work is then spoiled.
     pub async fn delete<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
     where
-        A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
-        ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+        A: AggregateRoot + ModelTrait + Send,
     {
-        self.check()?;
-        let result = async {
-            delete_existing(&self.txn, &*aggregate).await?;
-            self.outbox.write(&self.txn, &*aggregate).await
-        }
-        .await;
-        let written = self.spoil(result)?;
-        self.enlisted
-            .push((aggregate.pending_events_mut(), written));
-        Ok(())
+        let outbox = &self.outbox;
+        let plan = save::plan_delete(
+            &*aggregate,
+            outbox.handlers(),
+            outbox.delivery_grace(),
+            Wake::AfterCommit,
+            self.txn.get_database_backend(),
+        );
+        self.run(aggregate, plan).await
     }
 
     /// Writes only the pending events of `aggregate`, whose own row the caller writes (through
     /// [`connection`](Self::connection)) or that has none.
     ///
     /// # Errors
-    /// As [`crate::write_events`]; the unit of work is then spoiled.
+    /// As [`crate::write_events`] (a versioned aggregate is refused: use [`Self::save`]); the
+    /// unit of work is then spoiled.
     pub async fn record<A>(&mut self, aggregate: &'a mut A) -> Result<(), Error>
     where
-        A: AggregateRoot,
+        A: AggregateRoot + Send,
     {
-        self.check()?;
-        let result = self.outbox.write(&self.txn, &*aggregate).await;
-        let written = self.spoil(result)?;
-        self.enlisted
-            .push((aggregate.pending_events_mut(), written));
-        Ok(())
+        let outbox = &self.outbox;
+        let plan = save::plan_events(
+            &*aggregate,
+            outbox.handlers(),
+            outbox.delivery_grace(),
+            Wake::AfterCommit,
+        );
+        self.run(aggregate, plan).await
     }
 
     /// Commits; then removes the written events from the aggregates and dispatches them.
@@ -163,8 +192,8 @@ impl<'a> UnitOfWork<'a> {
         }
         txn.commit().await?;
         let mut all = Written::empty();
-        for (events, written) in enlisted {
-            forget_written(events, &written);
+        for (settle, written) in enlisted {
+            settle(&written);
             all.append(written);
         }
         outbox.dispatch(all).await;

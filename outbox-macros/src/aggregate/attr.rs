@@ -1,5 +1,5 @@
-//! `#[aggregate(name = "...")]` on the type, `#[aggregate(id)]` and `#[aggregate(events)]` on
-//! fields.
+//! `#[aggregate(name = "...")]` on the type, `#[aggregate(id)]`, `#[aggregate(events)]` and
+//! `#[aggregate(version)]` on fields.
 
 use syn::{Attribute, LitStr, Path};
 
@@ -16,6 +16,7 @@ pub(crate) struct TypeAttrs {
 pub(crate) struct FieldAttrs {
     pub(crate) id: Option<Path>,
     pub(crate) events: Option<Path>,
+    pub(crate) version: Option<Path>,
     /// Whether a key was not recognized (a typo of `id` would otherwise also report a missing id).
     pub(crate) unknown: bool,
 }
@@ -28,11 +29,14 @@ pub(crate) fn parse_type(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
                 if let Some(lit) = ctxt::lit_str(cx, ATTR, &meta)? {
                     name.set(cx, &meta.path, lit);
                 }
-            } else if meta.path.is_ident("id") || meta.path.is_ident("events") {
+            } else if meta.path.is_ident("id")
+                || meta.path.is_ident("events")
+                || meta.path.is_ident("version")
+            {
                 cx.error_spanned_by(
                     &meta.path,
-                    "`#[aggregate(id)]` and `#[aggregate(events)]` mark a field, not the type; \
-                     on the type, expected `name`",
+                    "`#[aggregate(id)]`, `#[aggregate(events)]` and `#[aggregate(version)]` mark \
+                     a field, not the type; on the type, expected `name`",
                 );
                 ctxt::skip_value(&meta)?;
             } else {
@@ -51,6 +55,7 @@ pub(crate) fn parse_type(cx: &Ctxt, attrs: &[Attribute]) -> TypeAttrs {
 pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     let mut id = Slot::new(ATTR, "id");
     let mut events = Slot::new(ATTR, "events");
+    let mut version = Slot::new(ATTR, "version");
     let mut unknown = false;
     for attr in attrs.iter().filter(|a| a.path().is_ident(ATTR)) {
         let parsed = attr.parse_nested_meta(|meta| {
@@ -60,15 +65,18 @@ pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
             } else if meta.path.is_ident("events") {
                 ctxt::flag(cx, ATTR, &meta)?;
                 events.set(cx, &meta.path, meta.path.clone());
+            } else if meta.path.is_ident("version") {
+                ctxt::flag(cx, ATTR, &meta)?;
+                version.set(cx, &meta.path, meta.path.clone());
             } else if meta.path.is_ident("name") {
                 cx.error_spanned_by(
                     &meta.path,
-                    "`#[aggregate(name = \"...\")]` goes on the type; on a field, expected `id` or `events`",
+                    "`#[aggregate(name = \"...\")]` goes on the type; on a field, expected `id`, `events` or `version`",
                 );
                 ctxt::skip_value(&meta)?;
             } else {
                 unknown = true;
-                ctxt::unknown_key(cx, ATTR, &meta, &["id", "events"]);
+                ctxt::unknown_key(cx, ATTR, &meta, &["id", "events", "version"]);
                 ctxt::skip_value(&meta)?;
             }
             Ok(())
@@ -80,6 +88,7 @@ pub(crate) fn parse_field(cx: &Ctxt, attrs: &[Attribute]) -> FieldAttrs {
     FieldAttrs {
         id: id.get(),
         events: events.get(),
+        version: version.get(),
         unknown,
     }
 }

@@ -29,10 +29,42 @@ pub(crate) fn derive(input: &Input<'_>, checked: &Checked<'_, '_>) -> TokenStrea
     let aggregate_id = quote_spanned! {first=>
         ::outbox_core::__private::aggregate_id(&self.#id)
     };
+    let versioned = checked.version.map(|field| {
+        // Spanned at the field's type: a field that is not an integer is reported there, once.
+        let (first, last) = first_last_spans(field.ty);
+        let ty = field.ty;
+        let field_name = field.ident.to_string();
+        let ident = Ident::new(&field_name, last);
+        let max = quote_spanned! {first=>
+            <#ty as ::outbox_core::__private::VersionField>::MAX
+        };
+        let get = quote_spanned! {first=>
+            ::outbox_core::__private::VersionField::get(&self.#ident)
+        };
+        let set = quote_spanned! {first=>
+            ::outbox_core::__private::VersionField::set(&mut self.#ident, version)
+        };
+        quote! {
+            const VERSIONED: bool = true;
+            const VERSION_FIELD: ::core::option::Option<&'static str> =
+                ::core::option::Option::Some(#field_name);
+            const MAX_VERSION: i64 = #max;
+
+            fn version(&self) -> ::core::option::Option<i64> {
+                ::core::option::Option::Some(#get)
+            }
+
+            fn set_version(&mut self, version: i64) {
+                #set
+            }
+        }
+    });
     quote! {
         #[automatically_derived]
         impl #impl_generics ::outbox_core::__private::AggregateRoot for #ident #ty_generics #where_clause {
             const AGGREGATE_TYPE: &'static str = #name;
+
+            #versioned
 
             fn aggregate_id(&self) -> ::outbox_core::__private::String {
                 #aggregate_id

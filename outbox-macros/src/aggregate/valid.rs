@@ -1,12 +1,14 @@
-//! Checks on an `AggregateRoot` input: one id field, one events field, a usable name.
+//! Checks on an `AggregateRoot` input: one id field, one events field, at most one version
+//! field, a usable name.
 
 use super::ast::{Field, Input};
 use crate::ctxt::Ctxt;
 
-/// The two marked fields, once found.
+/// The marked fields, once found.
 pub(crate) struct Checked<'i, 'a> {
     pub(crate) id: &'i Field<'a>,
     pub(crate) events: &'i Field<'a>,
+    pub(crate) version: Option<&'i Field<'a>>,
 }
 
 pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'i, 'a>> {
@@ -14,12 +16,21 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
     let fields = input.fields.as_ref()?;
     let mut id: Option<&Field<'a>> = None;
     let mut events: Option<&Field<'a>> = None;
+    let mut version: Option<&Field<'a>> = None;
     for field in fields {
-        if let (Some(_), Some(second)) = (&field.attrs.id, &field.attrs.events) {
+        let roles = [
+            ("the aggregate id", &field.attrs.id),
+            ("the events field", &field.attrs.events),
+            ("the version", &field.attrs.version),
+        ];
+        let mut marked = roles
+            .iter()
+            .filter_map(|(role, key)| Some((*role, key.as_ref()?)));
+        if let (Some((first, _)), Some((second, key))) = (marked.next(), marked.next()) {
             cx.error_spanned_by(
-                second,
+                key,
                 format_args!(
-                    "field `{}` cannot be both the aggregate id and the events field",
+                    "field `{}` cannot be both {first} and {second}",
                     field.ident
                 ),
             );
@@ -49,6 +60,18 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
                 None => events = Some(field),
             }
         }
+        if let Some(key) = &field.attrs.version {
+            match version {
+                Some(first) => cx.error_spanned_by(
+                    key,
+                    format_args!(
+                        "duplicate `#[aggregate(version)]`: field `{}` is already the version",
+                        first.ident
+                    ),
+                ),
+                None => version = Some(field),
+            }
+        }
     }
     // After an unknown key on a field (a typo of `id`?), a missing field is not news.
     let typo = fields.iter().any(|f| f.attrs.unknown);
@@ -74,6 +97,7 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
     Some(Checked {
         id: id?,
         events: events?,
+        version,
     })
 }
 

@@ -16,9 +16,9 @@ use crate::schema::SHARDS;
 use crate::time::{from_micros, now_micros};
 
 /// Status values of `outbox.status`.
-pub(crate) const PENDING: i16 = 0;
-pub(crate) const PUBLISHED: i16 = 1;
-pub(crate) const DEAD: i16 = 2;
+pub(crate) const PENDING: i16 = crate::status::EventStatus::Pending.value();
+pub(crate) const PUBLISHED: i16 = crate::status::EventStatus::Published.value();
+pub(crate) const DEAD: i16 = crate::status::EventStatus::Dead.value();
 
 const COLUMNS: &str = "o.position, o.id, o.aggregatetype, o.aggregateid, o.type, o.version, \
      o.sequence, o.payload, o.metadata, o.topic, o.occurred_at, o.attempts";

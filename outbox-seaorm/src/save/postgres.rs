@@ -1,0 +1,188 @@
+//! PostgreSQL: a whole save in one statement, one round trip, atomic without `BEGIN`/`COMMIT`.
+//!
+//! ```text
+//! WITH e AS (<the aggregate's row: upsert, or versioned insert/update ... RETURNING 1>),
+//!      s AS (<the aggregate's last sequence after this save>),
+//!      o AS (INSERT INTO outbox ... SELECT ... FROM s CROSS JOIN (VALUES <events>)),
+//!      d AS (INSERT INTO outbox_delivery ... SELECT ... FROM s CROSS JOIN (VALUES <deliveries>))
+//! SELECT s.last_sequence FROM s
+//! ```
+//!
+//! Unversioned, `s` upserts the `outbox_sequence` row and returns its new last sequence: no
+//! outbox row (and no `position` from the identity sequence) exists before the upsert has taken,
+//! or waited for, that row's lock, so concurrent saves of one aggregate stay serialized. `e` is
+//! not read by the rest, and PostgreSQL runs it to completion at the end of the statement.
+//!
+//! Versioned, `s` reads `e`: when the guarded write changed no row (the stored version moved, or
+//! a new aggregate's id exists), `s` is empty, so are `o` and `d`, and the statement returns no
+//! row: a conflict that wrote nothing. Otherwise the last sequence is the loaded version, plus
+//! the events, minus the versions that carried no event (`outbox_version_offset`, usually no
+//! row): no `outbox_sequence` row is written at all.
+
+use std::fmt::Write as _;
+
+use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
+
+use super::entity::EntityWrite;
+use super::plan::Plan;
+use super::{NOTIFY_CHANNEL, Wake, metadata_json};
+use crate::error::Error;
+use crate::status::{DeliveryStatus, EventStatus};
+
+/// Runs `plan` as one statement. Returns the aggregate's new last sequence number, or `None`
+/// when a versioned write found the stored version moved (nothing was written).
+pub(crate) async fn run<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result<Option<i64>, Error> {
+    let (sql, values) = statement(plan)?;
+    let row = conn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            sql,
+            values,
+        ))
+        .await?;
+    match row {
+        Some(row) => Ok(Some(row.try_get_by_index::<i64>(0)?)),
+        None if plan.version.is_some() => Ok(None),
+        None => Err(sea_orm::DbErr::RecordNotFound(format!(
+            "outbox_sequence row of {} {}",
+            plan.aggregate_type, plan.aggregate_id
+        ))
+        .into()),
+    }
+}
+
+fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
+    // The entity's own statement, when there is one, is the first CTE; its parameters come first.
+    let (entity, guarded) = match &plan.entity {
+        EntityWrite::None => (None, false),
+        EntityWrite::Upsert(statement) => (Some(statement), false),
+        EntityWrite::Guarded { statement, .. } => (Some(statement), true),
+        // Deletes never take this path (`Plan::fits_one_statement`).
+        EntityWrite::Delete(statement) => (Some(statement), false),
+    };
+    let (mut sql, mut values) = match entity {
+        Some(Statement { sql, values, .. }) => {
+            let returning = if guarded { " RETURNING 1" } else { "" };
+            (
+                format!("WITH e AS ({sql}{returning}), "),
+                values.clone().map(|v| v.0).unwrap_or_default(),
+            )
+        }
+        None => ("WITH ".to_owned(), Vec::new()),
+    };
+    let p = values.len();
+    let (p1, p2, p3, p4, p5) = (p + 1, p + 2, p + 3, p + 4, p + 5);
+    values.extend([
+        plan.aggregate_type.into(),
+        plan.aggregate_id.clone().into(),
+        plan.count().into(),
+        plan.now.into(),
+        plan.due.into(),
+    ]);
+    // Writing to a String cannot fail.
+    match plan.version {
+        None => {
+            let _ = write!(
+                sql,
+                "s AS (\
+                 INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+                 VALUES (${p1}::varchar, ${p2}::varchar, ${p3}::bigint) \
+                 ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
+                 SET last_sequence = outbox_sequence.last_sequence + EXCLUDED.last_sequence \
+                 RETURNING last_sequence), "
+            );
+        }
+        Some(version) => {
+            values.push(version.loaded.into());
+            let p6 = values.len();
+            let _ = write!(
+                sql,
+                "s AS (\
+                 SELECT ${p6}::bigint + ${p3}::bigint - COALESCE((\
+                 SELECT v.eventless_versions FROM outbox_version_offset v \
+                 WHERE v.aggregatetype = ${p1}::varchar AND v.aggregateid = ${p2}::varchar\
+                 ), 0) AS last_sequence FROM e), "
+            );
+        }
+    }
+    let pending = EventStatus::Pending.value();
+    let _ = write!(
+        sql,
+        "o AS (\
+         INSERT INTO outbox (id, aggregatetype, aggregateid, type, version, sequence, payload, \
+         metadata, topic, shard, occurred_at, created_at, status, attempts, next_attempt_at) \
+         SELECT v.id, ${p1}::varchar, ${p2}::varchar, v.type, v.version, \
+         s.last_sequence - ${p3}::bigint + v.k, v.payload, v.metadata, v.topic, v.shard, \
+         v.occurred_at, ${p4}::bigint, {pending}, 0, ${p4}::bigint \
+         FROM s CROSS JOIN (VALUES ",
+    );
+    for (k, e) in plan.envelopes.iter().enumerate() {
+        let n = values.len();
+        if k > 0 {
+            sql.push_str(", ");
+        }
+        let _ = write!(
+            sql,
+            "({}::bigint, ${}::varchar, ${}::varchar, ${}::integer, ${}::text, ${}::text, \
+             ${}::varchar, ${}::smallint, ${}::bigint)",
+            k + 1,
+            n + 1,
+            n + 2,
+            n + 3,
+            n + 4,
+            n + 5,
+            n + 6,
+            n + 7,
+            n + 8,
+        );
+        values.extend([
+            e.id().to_string().into(),
+            e.event_name().into(),
+            i32::try_from(e.event_version()).unwrap_or(i32::MAX).into(),
+            e.payload().into(),
+            metadata_json(e)?.into(),
+            e.topic().map(str::to_owned).into(),
+            crate::shard_of(e.aggregate_type(), e.aggregate_id()).into(),
+            crate::time::to_micros(e.occurred_at()).into(),
+        ]);
+    }
+    sql.push_str(
+        ") AS v(k, id, type, version, payload, metadata, topic, shard, occurred_at) \
+         ORDER BY v.k)",
+    );
+    let mut first_delivery = true;
+    for (e, hs) in plan.envelopes.iter().zip(&plan.handlers) {
+        for h in hs {
+            let n = values.len();
+            if first_delivery {
+                let pending = DeliveryStatus::Pending.value();
+                let _ = write!(
+                    sql,
+                    ", d AS (INSERT INTO outbox_delivery \
+                     (event_id, handler, status, attempts, next_attempt_at, created_at) \
+                     SELECT v.event_id, v.handler, {pending}, 0, ${p5}::bigint, ${p4}::bigint \
+                     FROM s CROSS JOIN (VALUES "
+                );
+                first_delivery = false;
+            } else {
+                sql.push_str(", ");
+            }
+            let _ = write!(sql, "(${}::varchar, ${}::varchar)", n + 1, n + 2);
+            values.extend([e.id().to_string().into(), h.id().into()]);
+        }
+    }
+    if !first_delivery {
+        sql.push_str(") AS v(event_id, handler))");
+    }
+    if plan.wake == Wake::InTransaction {
+        values.push(NOTIFY_CHANNEL.into());
+        let _ = write!(
+            sql,
+            " SELECT s.last_sequence, pg_notify(${}, '') FROM s",
+            values.len()
+        );
+    } else {
+        sql.push_str(" SELECT s.last_sequence FROM s");
+    }
+    Ok((sql, values))
+}
