@@ -112,7 +112,7 @@ mod outbox;
 mod uow;
 mod write;
 
-pub use delivery::DeliveryWorker;
+pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;
 pub use outbox::{Outbox, OutboxBuilder};
 pub use uow::UnitOfWork;
