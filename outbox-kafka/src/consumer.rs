@@ -184,6 +184,7 @@ impl fmt::Debug for KafkaConsumer {
             .field("group", &self.group)
             .field("topics", &self.topics)
             .field("retry", &self.retry)
+            .field("handler_timeout", &self.handler_timeout)
             .finish_non_exhaustive()
     }
 }
