@@ -71,8 +71,8 @@ pub use envelope::{Envelope, EnvelopeBuilder, EventMetadata};
 pub use error::{Error, error_chain};
 pub use event::{DomainEvent, DomainEvents, EventType, PendingEvent};
 pub use handler::{
-    BoxError, BoxFuture, EventContext, Handler, HandlerError, HandlerErrorKind, HandlerFn,
-    HandlerRegistry,
+    BoxError, BoxFuture, DuplicateHandlerId, EventContext, Handler, HandlerError, HandlerErrorKind,
+    HandlerFn, HandlerPanicked, HandlerRegistry, HandlerTimedOut,
 };
 pub use publish::{PublishError, Publisher};
 pub use retry::RetryPolicy;
@@ -87,6 +87,7 @@ pub mod __private {
     pub use std::boxed::Box;
     pub use std::result::Result;
     pub use std::string::String;
+    pub use std::time::Duration;
 
     pub use crate::aggregate::AggregateRoot;
     pub use crate::envelope::Envelope;

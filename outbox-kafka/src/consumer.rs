@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -79,10 +79,16 @@ impl GroupContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Commits, synchronously, what was done on `partitions` (all owned ones when `None`) and
-    /// forgets them: never a partition's position, which may be past an unprocessed message,
-    /// and never a partition another member owns by now.
-    fn commit_done(&self, consumer: &impl Consumer<Self>, partitions: Option<&TopicPartitionList>) {
+    /// Commits what was done on `partitions` (all owned ones when `None`) and forgets them:
+    /// never a partition's position, which may be past an unprocessed message, and never a
+    /// partition another member owns by now. `mode` `Sync` blocks the calling thread until the
+    /// broker answers: call it that way only off the async runtime's workers.
+    fn commit_done(
+        &self,
+        consumer: &impl Consumer<Self>,
+        partitions: Option<&TopicPartitionList>,
+        mode: CommitMode,
+    ) {
         let taken: Vec<((String, i32), i64)> = {
             let mut done = self.done();
             match partitions {
@@ -106,7 +112,7 @@ impl GroupContext {
                 tracing::warn!(group = %self.group, error = %error, "offset commit skipped");
             }
         }
-        if let Err(error) = consumer.commit(&tpl, CommitMode::Sync) {
+        if let Err(error) = consumer.commit(&tpl, mode) {
             tracing::warn!(group = %self.group, error = %error, "offset commit failed");
         }
     }
@@ -119,8 +125,11 @@ impl ConsumerContext for GroupContext {
         tracing::info!(group = %self.group, ?rebalance, "rebalance");
         // Hand revoked partitions over with everything done on them committed, so the next
         // owner starts right after it instead of redelivering what a lost async commit left.
+        // This callback runs inside `recv`, on a runtime worker: the commit is asynchronous, and
+        // librdkafka finishes the rebalance (and lets the next owner fetch the committed
+        // offsets) only once its outstanding commits are answered.
         if let Rebalance::Revoke(revoked) = rebalance {
-            self.commit_done(consumer, Some(revoked));
+            self.commit_done(consumer, Some(revoked), CommitMode::Async);
         }
     }
 }
@@ -149,9 +158,15 @@ impl ConsumerContext for GroupContext {
 /// takes the partitions away and the message is processed again elsewhere (harmless: the inbox
 /// skips what was applied).
 ///
+/// Each handler run is bounded: by the handler's own timeout (`#[event_handler(timeout =
+/// "...")]`), else [`KafkaConsumerBuilder::handler_timeout`] (default 30 s). A handler that runs
+/// longer is cancelled, its inbox transaction rolled back, and the attempt fails as retryable;
+/// a handler that panics fails the same way. Both are retried, then dead-lettered, like any
+/// failure.
+///
 /// Inbox rows grow with every event; schedule `outbox_seaorm::cleanup` to delete old ones.
 pub struct KafkaConsumer {
-    consumer: StreamConsumer<GroupContext>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     producer: FutureProducer,
     db: DatabaseConnection,
     registry: HandlerRegistry,
@@ -160,6 +175,7 @@ pub struct KafkaConsumer {
     dlt_suffix: String,
     topics: Vec<String>,
     max_batch: usize,
+    handler_timeout: Duration,
 }
 
 impl fmt::Debug for KafkaConsumer {
@@ -168,6 +184,7 @@ impl fmt::Debug for KafkaConsumer {
             .field("group", &self.group)
             .field("topics", &self.topics)
             .field("retry", &self.retry)
+            .field("handler_timeout", &self.handler_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -184,6 +201,7 @@ pub struct KafkaConsumerBuilder {
     topics: Vec<String>,
     provision: Option<(i32, i32)>,
     max_batch: usize,
+    handler_timeout: Duration,
 }
 
 impl fmt::Debug for KafkaConsumerBuilder {
@@ -217,6 +235,13 @@ impl KafkaConsumerBuilder {
         self.max_batch = messages.clamp(1, MAX_BATCH);
         self
     }
+    /// Sets how long a handler without its own timeout (`#[event_handler(timeout = "...")]`)
+    /// may run before it is cancelled and its attempt fails as retryable (default 30 s). Keep
+    /// the retries' total under `max.poll.interval.ms` (see [`KafkaConsumer`]).
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
     /// Sets the suffix of dead-letter topics (default `.dlt`).
     pub fn dead_letter_suffix(mut self, suffix: impl Into<String>) -> Self {
         self.dlt_suffix = suffix.into();
@@ -240,10 +265,13 @@ impl KafkaConsumerBuilder {
     /// Creates the consumer and subscribes.
     ///
     /// # Errors
-    /// [`SetupError::NoHandlers`] when the group has no handler, [`SetupError::NoTopic`] when
+    /// [`SetupError::DuplicateHandlerId`] when the registry met two handlers with one id
+    /// ([`HandlerRegistry::check`]), [`SetupError::NoHandlers`] when the group has no handler,
+    /// [`SetupError::NoTopic`] when
     /// an event of the group has no topic and none was given, [`SetupError::Client`] for a bad
     /// configuration, [`SetupError::CreateTopic`]/[`SetupError::Admin`] when provisioning fails.
     pub async fn build(self) -> Result<KafkaConsumer, SetupError> {
+        self.registry.check()?;
         let handlers: Vec<&Handler> = self.registry.group(&self.group).collect();
         if handlers.is_empty() {
             return Err(SetupError::NoHandlers { group: self.group });
@@ -298,7 +326,7 @@ impl KafkaConsumerBuilder {
         consumer.subscribe(&names).map_err(SetupError::Client)?;
         tracing::info!(group = %self.group, ?topics, config = ?consumer_config, "consumer subscribed");
         Ok(KafkaConsumer {
-            consumer,
+            consumer: Arc::new(consumer),
             producer,
             db: self.db,
             registry: self.registry,
@@ -307,6 +335,7 @@ impl KafkaConsumerBuilder {
             dlt_suffix: self.dlt_suffix,
             topics,
             max_batch: self.max_batch,
+            handler_timeout: self.handler_timeout,
         })
     }
 }
@@ -314,6 +343,9 @@ impl KafkaConsumerBuilder {
 /// Upper bound of [`KafkaConsumerBuilder::max_batch`] (three bind parameters per message stay
 /// far below every backend's limit).
 const MAX_BATCH: usize = 1000;
+
+/// How long shutdown waits for the final offset commit.
+const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where a decoded message goes; see [`KafkaConsumer::route`].
 enum Route<'a> {
@@ -355,6 +387,7 @@ impl KafkaConsumer {
             topics: Vec::new(),
             provision: None,
             max_batch: 64,
+            handler_timeout: Handler::DEFAULT_TIMEOUT,
         }
     }
 
@@ -419,9 +452,36 @@ impl KafkaConsumer {
                 break;
             }
         }
-        // Commit, synchronously, what was done on the partitions still owned.
-        self.consumer.context().commit_done(&self.consumer, None);
+        self.commit_at_shutdown().await;
         Ok(stats)
+    }
+
+    /// Commits, synchronously, what was done on the partitions still owned: on a blocking
+    /// thread, waited for at most [`SHUTDOWN_COMMIT_TIMEOUT`]. A commit that does not come back
+    /// in time is logged; its messages are delivered again later, and the inbox skips them.
+    async fn commit_at_shutdown(&self) {
+        let consumer = Arc::clone(&self.consumer);
+        let commit = tokio::task::spawn_blocking(move || {
+            consumer
+                .context()
+                .commit_done(&*consumer, None, CommitMode::Sync);
+        });
+        match tokio::time::timeout(SHUTDOWN_COMMIT_TIMEOUT, commit).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(group = %self.group, error = %error, "final offset commit failed");
+            }
+            Err(_) => tracing::warn!(
+                group = %self.group,
+                timeout = ?SHUTDOWN_COMMIT_TIMEOUT,
+                "final offset commit did not finish in time; those messages come again, and the inbox skips them"
+            ),
+        }
+    }
+
+    /// `handler`, with this consumer's default timeout when it sets none.
+    fn bounded(&self, handler: &Handler) -> Handler {
+        handler.with_timeout(handler.timeout_or(self.handler_timeout))
     }
 
     /// Processes one message on its own (with retries and dead letters) and commits its offset;
@@ -480,15 +540,17 @@ impl KafkaConsumer {
                 Err(_) => return false,
             }
         }
-        let mut keys: Vec<(String, &Handler, &Envelope)> = Vec::new();
+        let mut keys: Vec<(String, Handler, &Envelope)> = Vec::new();
         let mut ignored = 0u64;
         for envelope in &envelopes {
             match self.route(envelope) {
-                Route::Handlers(handlers) => keys.extend(
-                    handlers
-                        .into_iter()
-                        .map(|h| (format!("{}/{}", self.group, h.id()), h, envelope)),
-                ),
+                Route::Handlers(handlers) => keys.extend(handlers.into_iter().map(|h| {
+                    (
+                        format!("{}/{}", self.group, h.id()),
+                        self.bounded(h),
+                        envelope,
+                    )
+                })),
                 Route::Ignored => ignored += 1,
                 Route::Unknown => return false,
             }
@@ -590,6 +652,7 @@ impl KafkaConsumer {
         shutdown: &mut F,
     ) -> Outcome {
         let consumer = format!("{}/{}", self.group, handler.id());
+        let handler = &self.bounded(handler);
         let mut attempt: u32 = 1;
         let mut db_failures: u32 = 0;
         loop {

@@ -81,6 +81,11 @@ pub enum SetupError {
     /// The admin request failed as a whole.
     #[error("admin request failed")]
     Admin(#[source] KafkaError),
+    /// Two different handlers of the registry share an id (see
+    /// [`outbox_core::HandlerRegistry::check`]); give one of them its own
+    /// `#[event_handler(id = "...")]`.
+    #[error(transparent)]
+    DuplicateHandlerId(#[from] outbox_core::DuplicateHandlerId),
     /// A consumer group's event has no topic to subscribe to.
     #[error(
         "event `{event}` of consumer group `{group}` (handler `{handler}`) has no topic: set \

@@ -1,17 +1,16 @@
 //! Running in-process handlers after commit, with durable completion records, and the recovery
 //! worker that reruns what a crash or a failure left pending.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::panic::AssertUnwindSafe;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
-use futures::FutureExt;
 use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, RetryPolicy};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, DbErr, IsolationLevel, Statement,
-    TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
+    Statement, TransactionTrait,
 };
 
 use crate::error::Error;
@@ -30,12 +29,8 @@ pub(crate) const DEAD: i16 = crate::status::DeliveryStatus::Dead.value();
 /// The longest `last_error` stored, in bytes.
 const MAX_ERROR_LEN: usize = 8 * 1024;
 
-/// A handler panicked; recorded as a retryable failure.
-#[derive(Debug, thiserror::Error)]
-#[error("handler panicked: {message}")]
-struct HandlerPanicked {
-    message: String,
-}
+/// How often the worker counts the pending rows whose handler it does not know.
+const UNKNOWN_CHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What became of one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,16 +45,27 @@ pub(crate) enum Outcome {
     Skipped,
 }
 
-/// The after-commit job of one transaction: runs every (event, handler) pair in order.
+/// The after-commit job of one transaction: runs every (event, handler) pair in order, each
+/// bounded by its own timeout, else [`Handler::DEFAULT_TIMEOUT`].
 pub(crate) fn dispatch_job(
     db: DatabaseConnection,
     retry: RetryPolicy,
     written: Written,
 ) -> DispatchJob {
+    dispatch_job_within(db, retry, Handler::DEFAULT_TIMEOUT, written)
+}
+
+/// [`dispatch_job`], with `timeout` for the handlers that set none.
+pub(crate) fn dispatch_job_within(
+    db: DatabaseConnection,
+    retry: RetryPolicy,
+    timeout: Duration,
+    written: Written,
+) -> DispatchJob {
     Box::pin(async move {
         for (envelope, handlers) in written.envelopes.iter().zip(&written.handlers) {
             for handler in handlers {
-                deliver_logged(&db, &retry, envelope, handler).await;
+                deliver_logged(&db, &retry, envelope, handler, timeout).await;
             }
         }
     })
@@ -71,8 +77,9 @@ pub(crate) async fn deliver_logged(
     retry: &RetryPolicy,
     envelope: &Envelope,
     handler: &Handler,
+    default_timeout: Duration,
 ) -> Option<Outcome> {
-    match deliver(db, retry, envelope, handler).await {
+    match deliver(db, retry, envelope, handler, default_timeout).await {
         Ok(outcome) => Some(outcome),
         Err(error) => {
             tracing::warn!(
@@ -87,19 +94,25 @@ pub(crate) async fn deliver_logged(
 }
 
 /// Runs `handler` on `envelope` once, in its own transaction, and records the outcome in
-/// `outbox_delivery`.
+/// `outbox_delivery`. The run is bounded by the handler's timeout (else `default_timeout`): a
+/// handler that hangs is cancelled, its transaction rolled back (releasing the row lock and the
+/// pooled connection), and the attempt recorded as a retryable failure.
 ///
 /// On PostgreSQL and MariaDB the delivery row is locked (`SELECT .. FOR UPDATE`) for the whole
 /// run, so the immediate dispatch and the recovery worker never run one handler twice at once.
-/// SQLite has a single writer, and holding it while the handler runs would stall every other
-/// write (the handler's own saves included): there the row is checked first, and the completion
-/// is recorded with `UPDATE .. WHERE status = 0`; if another run completed it meanwhile, this
-/// run's writes are rolled back.
+/// On SQLite the row is checked first, outside the transaction, and the completion is recorded
+/// with `UPDATE .. WHERE status = 0`; if another run completed it meanwhile, this run's writes
+/// are rolled back. The transaction begins `IMMEDIATE`, as a save's does: a deferred one that
+/// reads and then writes fails at once with `SQLITE_BUSY` after another connection's commit.
+/// It holds SQLite's single write lock while the handler runs, so a handler must write through
+/// its context's transaction, not through another connection (which would wait for the lock
+/// until the handler's timeout).
 pub(crate) async fn deliver(
     db: &DatabaseConnection,
     retry: &RetryPolicy,
     envelope: &Envelope,
     handler: &Handler,
+    default_timeout: Duration,
 ) -> Result<Outcome, DbErr> {
     let backend = db.get_database_backend();
     let event_id = envelope.id().to_string();
@@ -116,7 +129,7 @@ pub(crate) async fn deliver(
     };
     let (txn, row) = if backend == DbBackend::Sqlite {
         let row = db.query_one_raw(select("")).await?;
-        (db.begin().await?, row)
+        (crate::outbox::begin_write(db).await?, row)
     } else {
         let txn = db.begin().await?;
         let row = txn.query_one_raw(select(" FOR UPDATE")).await?;
@@ -136,22 +149,8 @@ pub(crate) async fn deliver(
 
     let result = {
         let ctx = crate::with_transaction(EventContext::new(envelope, handler.id(), attempt), &txn);
-        match AssertUnwindSafe(handler.call(envelope, &ctx))
-            .catch_unwind()
-            .await
-        {
-            Ok(result) => result,
-            Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a non-string payload".to_owned());
-                Err(outbox_core::HandlerError::retryable(HandlerPanicked {
-                    message,
-                }))
-            }
-        }
+        let timeout = handler.timeout_or(default_timeout);
+        handler.call_within(envelope, &ctx, timeout).await
     };
 
     match result {
@@ -287,8 +286,16 @@ fn truncate(s: &mut String, max: usize) {
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB so that several workers share the work),
 /// pushes their `next_attempt_at` a lease ahead so no other worker picks them up meanwhile, then
 /// runs each handler exactly as the after-commit dispatch does, recording success, a retry with
-/// the outbox's [`RetryPolicy`], or death after its last attempt. A row whose handler is not in
-/// the outbox's registry is logged and left for a process that has it.
+/// the outbox's [`RetryPolicy`], or death after its last attempt. Each run is bounded by the
+/// handler's timeout, else [`DeliveryWorker::handler_timeout`]; a run that hangs fails as a
+/// retryable attempt.
+///
+/// A row whose handler is not in the outbox's registry (another service's handler, or one
+/// renamed since the row was written) is not claimed: it stays pending for a process that has
+/// the handler. The worker counts such rows per handler id every minute in the
+/// `outbox_delivery_unknown_handler_rows` gauge (label `handler`) and logs each id once, with
+/// what to do; [`DeliveryWorker::unknown_handler_rows`] counts them on demand. After a rename,
+/// move the rows with [`rename_handler`] (see "Renaming a handler" on [`outbox_core::Handler`]).
 ///
 /// ```no_run
 /// # async fn run(outbox: outbox_seaorm::Outbox) {
@@ -309,18 +316,41 @@ pub struct DeliveryWorker {
     poll_interval: Duration,
     batch_size: u64,
     lease: Duration,
+    handler_timeout: Duration,
+    unknown: Arc<Mutex<UnknownHandlers>>,
+}
+
+/// What the worker knows of rows whose handler it does not have.
+#[derive(Debug, Default)]
+struct UnknownHandlers {
+    /// When they were last counted.
+    checked: Option<Instant>,
+    /// The ids logged so far (each once), with their last count.
+    seen: HashMap<String, u64>,
 }
 
 impl DeliveryWorker {
     /// A worker for `outbox`'s database, handlers and retry policy: polls every 5 s, claims up to
-    /// 100 rows at a time with a 60 s lease.
+    /// 100 rows at a time with a 60 s lease, and gives a handler without its own timeout
+    /// [`Handler::DEFAULT_TIMEOUT`] (30 s).
     pub fn new(outbox: Outbox) -> Self {
         DeliveryWorker {
             outbox,
             poll_interval: Duration::from_secs(5),
             batch_size: 100,
             lease: Duration::from_secs(60),
+            handler_timeout: Handler::DEFAULT_TIMEOUT,
+            unknown: Arc::default(),
         }
+    }
+
+    /// Sets how long a handler without its own timeout (`#[event_handler(timeout = "...")]`)
+    /// may run before it is cancelled and its attempt fails as retryable (default 30 s). Keep it
+    /// under the [lease](DeliveryWorker::lease).
+    #[must_use]
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
     }
 
     /// Sets how long the worker sleeps when no row is due.
@@ -373,23 +403,21 @@ impl DeliveryWorker {
         }
     }
 
-    /// Runs one round: claims the due rows and runs their handlers. Returns how many rows it
-    /// claimed (including those it could not run: handler unknown here, event row missing).
+    /// Runs one round: claims the due rows of the handlers it has and runs them. Returns how
+    /// many rows it claimed (including those it could not run: event row missing). Once a
+    /// minute it also counts the pending rows of handlers it does not have (see
+    /// [`DeliveryWorker::unknown_handler_rows`]).
     ///
     /// # Errors
-    /// [`Error::Database`] when claiming fails; failures of single deliveries are recorded on
-    /// their rows and logged instead.
+    /// [`Error::Database`] when claiming or counting fails; failures of single deliveries are
+    /// recorded on their rows and logged instead.
     pub async fn run_once(&self) -> Result<usize, Error> {
         let db = self.outbox.connection();
-        let claimed = self.claim(db).await?;
+        let known = self.known_ids();
+        let claimed = self.claim(db, &known).await?;
         let mut envelopes: HashMap<String, Option<Envelope>> = HashMap::new();
         for (event_id, handler_id) in &claimed {
             let Some(handler) = self.outbox.handlers().get(handler_id, None) else {
-                tracing::warn!(
-                    event_id = %event_id,
-                    handler = %handler_id,
-                    "no in-process handler with this id is registered here; delivery left pending"
-                );
                 continue;
             };
             if !envelopes.contains_key(event_id) {
@@ -404,12 +432,101 @@ impl DeliveryWorker {
                 );
                 continue;
             };
-            deliver_logged(db, self.outbox.retry_policy(), envelope, handler).await;
+            deliver_logged(
+                db,
+                self.outbox.retry_policy(),
+                envelope,
+                handler,
+                self.handler_timeout,
+            )
+            .await;
+        }
+        let due = {
+            let unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+            unknown
+                .checked
+                .is_none_or(|at| at.elapsed() >= UNKNOWN_CHECK_INTERVAL)
+        };
+        if due {
+            self.unknown_handler_rows().await?;
         }
         Ok(claimed.len())
     }
 
-    async fn claim(&self, db: &DatabaseConnection) -> Result<Vec<(String, String)>, Error> {
+    /// Counts the pending delivery rows whose handler id no in-process handler of this worker's
+    /// registry has, per id (sorted by id): rows another service runs, or rows written under an
+    /// id since renamed, which nothing here will ever run. Sets the
+    /// `outbox_delivery_unknown_handler_rows` gauge of each id (0 once its rows are gone) and
+    /// logs each id the first time it is seen, with what to do about it.
+    ///
+    /// # Errors
+    /// [`Error::Database`] when the count fails.
+    pub async fn unknown_handler_rows(&self) -> Result<Vec<(String, u64)>, Error> {
+        let db = self.outbox.connection();
+        let known = self.known_ids();
+        let select = Query::select()
+            .column(D::Handler)
+            .expr(Expr::col(D::Handler).count())
+            .from(D::Table)
+            .and_where(Expr::col(D::Status).eq(PENDING))
+            .and_where(Expr::col(D::Handler).is_not_in(known.iter().copied()))
+            .group_by_col(D::Handler)
+            .order_by(D::Handler, Order::Asc)
+            .to_owned();
+        let mut counts = Vec::new();
+        for row in db.query_all(&select).await? {
+            let handler: String = row.try_get_by_index(0)?;
+            let rows: i64 = row.try_get_by_index(1)?;
+            counts.push((handler, u64::try_from(rows).unwrap_or(0)));
+        }
+        let mut unknown = self.unknown.lock().unwrap_or_else(PoisonError::into_inner);
+        unknown.checked = Some(Instant::now());
+        for (handler, rows) in &counts {
+            if !unknown.seen.contains_key(handler) {
+                tracing::warn!(
+                    handler = %handler,
+                    rows,
+                    known = ?known,
+                    "pending delivery rows of a handler id this process does not have: nothing \
+                     here runs them. If another service on this database has the handler, it \
+                     runs them. If the handler was renamed, give it back its old id \
+                     (`#[event_handler(id = \"<old id>\")]`) or move the rows: \
+                     `outbox_seaorm::rename_handler(&db, None, \"<old id>\", \"<new id>\")`, \
+                     or `UPDATE outbox_delivery SET handler = '<new id>' WHERE handler = \
+                     '<old id>'`"
+                );
+            }
+            metrics::gauge!("outbox_delivery_unknown_handler_rows", "handler" => handler.clone())
+                .set(*rows as f64);
+        }
+        for (handler, last) in &mut unknown.seen {
+            if *last > 0 && !counts.iter().any(|(h, _)| h == handler) {
+                *last = 0;
+                metrics::gauge!("outbox_delivery_unknown_handler_rows", "handler" => handler.clone())
+                    .set(0.0);
+            }
+        }
+        for (handler, rows) in &counts {
+            unknown.seen.insert(handler.clone(), *rows);
+        }
+        Ok(counts)
+    }
+
+    /// The ids of the in-process handlers this worker runs.
+    fn known_ids(&self) -> BTreeSet<&'static str> {
+        self.outbox
+            .handlers()
+            .iter()
+            .filter(|h| h.group().is_none())
+            .map(Handler::id)
+            .collect()
+    }
+
+    async fn claim(
+        &self,
+        db: &DatabaseConnection,
+        known: &BTreeSet<&'static str>,
+    ) -> Result<Vec<(String, String)>, Error> {
         let backend = db.get_database_backend();
         let now = time::now_micros();
         // READ COMMITTED on the servers: under InnoDB's REPEATABLE READ the skip-locked claim
@@ -426,6 +543,7 @@ impl DeliveryWorker {
             .from(D::Table)
             .and_where(Expr::col(D::Status).eq(PENDING))
             .and_where(Expr::col(D::NextAttemptAt).lte(now))
+            .and_where(Expr::col(D::Handler).is_in(known.iter().copied()))
             .order_by(D::NextAttemptAt, Order::Asc)
             .order_by(D::EventId, Order::Asc)
             .limit(self.batch_size)
@@ -524,4 +642,128 @@ pub(crate) async fn load_envelope<C: ConnectionTrait>(
         .occurred_at(time::from_micros(row.try_get_by_index(9)?))
         .build(),
     ))
+}
+
+/// What [`rename_handler`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RenamedRows {
+    /// Rows moved to the new id.
+    pub moved: u64,
+    /// Rows of the old id dropped because their event already had a row under the new id (the
+    /// new row is kept).
+    pub merged: u64,
+}
+
+/// Why [`rename_handler`] renamed nothing.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenameError {
+    /// The database failed; the transaction rolled back and nothing moved.
+    #[error("renaming the handler's rows failed")]
+    Database(
+        #[from]
+        #[source]
+        DbErr,
+    ),
+    /// The new key is empty, or longer than the 255 bytes its column holds.
+    #[error("the new key `{key}` must be 1 to {MAX_KEY_LEN} bytes long")]
+    BadKey {
+        /// The key (`"<group>/<id>"` for a consumer handler).
+        key: String,
+    },
+}
+
+/// The longest handler id or inbox consumer key: the columns are `varchar(255)`.
+const MAX_KEY_LEN: usize = 255;
+
+/// Moves the rows of handler id `old` to id `new`, in one transaction, after a handler was
+/// renamed (see "Renaming a handler" on [`outbox_core::Handler`]).
+///
+/// For an in-process handler (`group` `None`) it moves its `outbox_delivery` rows, so the
+/// pending ones run under the new id; for a consumer handler (`group` `Some`) its
+/// `outbox_inbox` rows (`"<group>/<old>"` → `"<group>/<new>"`), so the events it applied under
+/// the old id are not applied again. Where an event already has a row under the new id, the old
+/// row is dropped and the new one kept. Run it when no process runs the old id any more, before
+/// the new binary starts handling (a migration step of the deploy, say); it is idempotent.
+///
+/// # Errors
+/// [`RenameError::BadKey`] when the new key does not fit its column, [`RenameError::Database`]
+/// when a statement fails (nothing moved).
+pub async fn rename_handler<C>(
+    db: &C,
+    group: Option<&str>,
+    old: &str,
+    new: &str,
+) -> Result<RenamedRows, RenameError>
+where
+    C: TransactionTrait<Transaction = DatabaseTransaction>,
+{
+    let (table, column, old, new) = match group {
+        None => ("outbox_delivery", "handler", old.to_owned(), new.to_owned()),
+        Some(group) => (
+            "outbox_inbox",
+            "consumer",
+            format!("{group}/{old}"),
+            format!("{group}/{new}"),
+        ),
+    };
+    if new.is_empty() || new.len() > MAX_KEY_LEN {
+        return Err(RenameError::BadKey { key: new });
+    }
+    if old == new {
+        return Ok(RenamedRows::default());
+    }
+    let txn = db.begin().await?;
+    let backend = txn.get_database_backend();
+    // A row whose event already has one under the new key stays behind (the primary key is
+    // (event_id, key)) and is deleted next.
+    let update = match backend {
+        DbBackend::MySql => format!("UPDATE IGNORE {table} SET {column} = ? WHERE {column} = ?"),
+        DbBackend::Sqlite => {
+            format!("UPDATE OR IGNORE {table} SET {column} = ? WHERE {column} = ?")
+        }
+        _ => format!(
+            "UPDATE {table} SET {column} = $1 WHERE {column} = $2 AND NOT EXISTS \
+             (SELECT 1 FROM {table} AS newer WHERE newer.event_id = {table}.event_id \
+             AND newer.{column} = $1)"
+        ),
+    };
+    let count = format!(
+        "SELECT COUNT(*) FROM {table} WHERE {column} = {}",
+        placeholder(backend, 1)
+    );
+    let total: i64 = match txn
+        .query_one_raw(Statement::from_sql_and_values(
+            backend,
+            count,
+            [old.as_str().into()],
+        ))
+        .await?
+    {
+        Some(row) => row.try_get_by_index(0)?,
+        None => 0,
+    };
+    // Not its affected rows: MySQL counts the rows it matched, the ignored ones too.
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        update,
+        [new.as_str().into(), old.as_str().into()],
+    ))
+    .await?;
+    let merged = txn
+        .execute_raw(Statement::from_sql_and_values(
+            backend,
+            format!(
+                "DELETE FROM {table} WHERE {column} = {}",
+                placeholder(backend, 1)
+            ),
+            [old.as_str().into()],
+        ))
+        .await?
+        .rows_affected();
+    txn.commit().await?;
+    let moved = u64::try_from(total).unwrap_or(0).saturating_sub(merged);
+    tracing::info!(table, old = %old, new = %new, moved, merged, "handler rows renamed");
+    Ok(RenamedRows { moved, merged })
 }

@@ -13,6 +13,11 @@
 //! The handler's writes and the inbox row therefore commit together or not at all: a redelivered
 //! event is skipped, a failed one is tried again.
 //!
+//! Every run is bounded ([`Handler::call_within`]): a handler that panics, or runs longer than
+//! its timeout ([`Handler::timeout`], else [`Handler::DEFAULT_TIMEOUT`]; a runtime with another
+//! default passes `handler.with_timeout(..)`), fails with a retryable [`InboxError::Handler`],
+//! and its transaction is rolled back, releasing the inbox row's lock and the connection.
+//!
 //! Inbox rows grow with every event applied; `outbox_seaorm::cleanup` deletes rows older than
 //! their retention in bounded batches. Keep the retention longer than the longest time a broker
 //! may redeliver a message (the topic's retention), or a very late duplicate is applied again.
@@ -143,7 +148,8 @@ impl Inbox {
             return Ok(Processed::Duplicate);
         }
         let ctx = with_transaction(EventContext::new(envelope, handler.id(), attempt), &txn);
-        match handler.call(envelope, &ctx).await {
+        let timeout = handler.timeout_or(Handler::DEFAULT_TIMEOUT);
+        match handler.call_within(envelope, &ctx, timeout).await {
             Ok(()) => {
                 txn.commit().await.map_err(InboxError::Database)?;
                 Ok(Processed::Applied)
@@ -270,8 +276,9 @@ async fn apply_batch(
         let applied = fresh.remove(&(ids[k].clone(), item.consumer.to_owned()));
         if applied {
             let ctx = with_transaction(EventContext::new(item.envelope, item.handler.id(), 1), txn);
+            let timeout = item.handler.timeout_or(Handler::DEFAULT_TIMEOUT);
             item.handler
-                .call(item.envelope, &ctx)
+                .call_within(item.envelope, &ctx, timeout)
                 .await
                 .map_err(|error| InboxError::handler(item.handler.id(), error))?;
             outcomes.push(Processed::Applied);

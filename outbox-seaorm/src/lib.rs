@@ -118,7 +118,7 @@ mod write {
     pub(crate) use crate::save::Written;
 }
 
-pub use delivery::DeliveryWorker;
+pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;
 pub use outbox::{Outbox, OutboxBuilder};
 pub use save::{NOTIFY_CHANNEL, Written, save_in, write_events};

@@ -24,6 +24,14 @@ pub(crate) fn event_handler(input: &Input, checked: &Checked<'_>) -> TokenStream
         Some(group) => quote!(::core::option::Option::Some(#group)),
         None => quote!(::core::option::Option::None),
     };
+    let function = quote!(::core::concat!(::core::module_path!(), "::", #name_str));
+    let id = match &input.attrs.id {
+        Some(id) => quote!(#id),
+        None => function.clone(),
+    };
+    let timeout = checked
+        .timeout_ms
+        .map(|ms| quote!(.with_timeout(::outbox_core::__private::Duration::from_millis(#ms))));
 
     // Each use is spanned over the user's tokens it is about, so a type error points there. The
     // uses of the event type are all in one body (the const's, the closure's is part of it), so
@@ -59,7 +67,7 @@ pub(crate) fn event_handler(input: &Input, checked: &Checked<'_>) -> TokenStream
         #vis const #konst: ::outbox_core::__private::Handler = {
             #assert_event
             ::outbox_core::__private::Handler::new(
-                ::core::concat!(::core::module_path!(), "::", #name_str),
+                #id,
                 #event_name,
                 #event_version,
                 #event_topic,
@@ -78,6 +86,8 @@ pub(crate) fn event_handler(input: &Input, checked: &Checked<'_>) -> TokenStream
                     })
                 },
             )
+            .with_function(#function)
+            #timeout
         };
 
         ::outbox_core::__private::inventory::submit! { #konst }
