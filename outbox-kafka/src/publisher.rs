@@ -79,24 +79,26 @@ pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
 ///   sends the later events after it: under the relay's default `DeadLetterPolicy::Block`,
 ///   nothing after a dead event ever reaches the topic.
 /// * **An event whose delivery fails after it was produced**: its aggregate's later events of
-///   the batch may already be in flight. The producer is idempotent
+///   the batch are already queued, some perhaps in flight. The producer is idempotent
 ///   (`enable.idempotence=true`, which implies `acks=all`, at most 5 requests in flight per
 ///   connection and retries without limit inside `message.timeout.ms`): librdkafka keeps the
 ///   produce order per partition through its own retries, without duplicates. With
 ///   `enable.gapless.guarantee=true` (set by default here) a permanent broker error (a message
-///   over the topic's `max.message.bytes`, say) stops the producer instead of letting later
-///   messages of the partition through: every message still queued or in flight fails, the
-///   publisher replaces the producer before the next batch, and the later events are reported
-///   [`PublishError::NotAttempted`], so no gap reaches the topic.
-/// * **Not guaranteed**: a message that times out (`message.timeout.ms`, 30 s by default) while
-///   the broker is unreachable is outside librdkafka's gapless guarantee. A message timed out
-///   in flight may have been written anyway, and later messages of the partition may be
-///   written after a timed-out one that was not. The relay then sends the timed-out event and
-///   its successors again, so nothing is lost, but a consumer can see event k+1 before event k
-///   (and k+1 twice). Such a case is logged at error level and counted in
-///   `outbox_kafka_out_of_order_total` when the publisher learns of it. Consumers that must
-///   never apply out of order check the `sequence` header (the project's consumer dedupes by
-///   event id). Keep `message.timeout.ms` large to make it rare.
+///   over the topic's `max.message.bytes`, say) stops the producer instead of sending the
+///   partition's later messages: every message still queued fails, the publisher reports the
+///   aggregate's later events [`PublishError::NotAttempted`] (they were not written) and
+///   replaces the producer before the next batch. Requests already in flight when the error
+///   comes back are the broker's to refuse: a Kafka broker refuses them as out of sequence,
+///   librdkafka's mock cluster writes them.
+/// * **Not guaranteed**: a later event that was written although an earlier one of its
+///   aggregate failed (in flight as above, or after a message timeout: messages that time out,
+///   `message.timeout.ms`, 30 s by default, while the broker is unreachable are outside
+///   librdkafka's gapless guarantee, and one timed out in flight may have been written
+///   anyway). The publisher reports it `Ok`, logs it at error level and counts it in
+///   `outbox_kafka_out_of_order_total`; the relay still sends it again after the failed event,
+///   so nothing is lost, but a consumer can see event k+1 before event k (and k+1 twice).
+///   Consumers that must never apply out of order check the `sequence` header (the project's
+///   consumer dedupes by event id). Keep `message.timeout.ms` large to make it rare.
 /// * Overriding `enable.idempotence`, `acks` or `enable.gapless.guarantee` with
 ///   [`KafkaPublisherBuilder::set`] gives these guarantees up.
 ///

@@ -271,3 +271,64 @@ async fn kafka_publisher_produces_nothing_of_an_aggregate_after_its_failed_event
     let labels = on_topic(&brokers, "document").await;
     assert_eq!(labels, ["a/1", "b/1", "b/2"]);
 }
+
+/// A permanent error in the broker's answer to a produce request, while the later events of
+/// the aggregate are already queued: none of them is charged as a failure of its own; the ones
+/// reported not attempted never reach the topic, the ones reported published did (librdkafka
+/// fails what is queued behind the error, `enable.gapless.guarantee`; what was already in flight
+/// may be written, see `KafkaPublisher`'s docs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_publisher_reports_the_truth_after_a_failed_delivery() {
+    use outbox_core::{Envelope, PublishError, Publisher};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("document", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    // One message per request, so that the failing request is the first of several.
+    let publisher = KafkaPublisher::builder(&brokers)
+        .set("batch.num.messages", "1")
+        .build()
+        .expect("publisher");
+    let event = |aggregate: &str, sequence: i64| {
+        Envelope::builder("DocumentRevised", "Document", aggregate)
+            .sequence(sequence)
+            .payload(r#"{"body":""}"#)
+            .build()
+    };
+    // Warm up (metadata, producer id), so the next batch's first request is the one that fails.
+    assert!(publisher.publish(&[event("w", 1)]).await[0].is_ok());
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    cluster
+        .broker_round_trip_time(1, std::time::Duration::from_millis(50))
+        .expect("round trip time");
+    let batch: Vec<Envelope> = (1..=20).map(|s| event("a", s)).collect();
+    let results = publisher.publish(&batch).await;
+    assert!(
+        matches!(results[0], Err(PublishError::Rejected { .. })),
+        "{:?}",
+        results[0]
+    );
+    let labels = on_topic(&brokers, "document").await;
+    for (envelope, result) in batch.iter().zip(&results).skip(1) {
+        let label = format!("a/{}", envelope.sequence());
+        match result {
+            Ok(()) => assert!(labels.contains(&label), "{label} reported published"),
+            Err(PublishError::NotAttempted) => {
+                assert!(!labels.contains(&label), "{label} reported not attempted");
+            }
+            Err(other) => panic!("{label} charged with a failure of its own: {other:?}"),
+        }
+    }
+    assert!(!labels.contains(&"a/1".to_owned()));
+    assert!(
+        results
+            .iter()
+            .any(|r| matches!(r, Err(PublishError::NotAttempted))),
+        "the producer stopped behind the failed event: {labels:?}"
+    );
+}
