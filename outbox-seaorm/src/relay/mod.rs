@@ -9,7 +9,11 @@
 //! and commits, which releases the shards. A
 //! shard is held by one relay at a time, so several relays can run against one database and
 //! events of one aggregate are still published in order. If an event fails, the later events of
-//! its aggregate in the batch are not marked published, so they are sent again after it.
+//! its aggregate in the batch are not handed to the broker (the [`Publisher`] contract: they come
+//! back [`PublishError::NotAttempted`](outbox_core::PublishError::NotAttempted)); they stay
+//! pending, charged no attempt, and are sent after it. The wait on the publisher is bounded
+//! ([`RelayBuilder::publish_timeout`]), so a hung broker cannot hold a cycle's shard locks: past
+//! the bound the batch counts as a retryable failure and the shards are released.
 //!
 //! SQLite has no row locks: there, the relay reads and publishes outside any transaction (so the
 //! application's saves are not blocked meanwhile) and marks the batch in one short write
