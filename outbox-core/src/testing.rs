@@ -3,8 +3,9 @@
 //! [`InMemoryPublisher`] stands in for the broker in tests. It records every envelope it
 //! accepted, and can be scripted to fail: the next calls, chosen envelopes a number of times, or
 //! chosen envelopes for good ([`PublishError::Rejected`]), optionally after an artificial delay.
-//! Like a broker that keeps order per key, once an envelope fails, the later envelopes of the
-//! same aggregate in that call fail too.
+//! It keeps the [`Publisher`] contract on order: once an envelope fails, the later envelopes of
+//! the same aggregate in that call are not accepted (nor recorded, nor matched against the
+//! script) and come back as [`PublishError::NotAttempted`].
 //! [`PublishedEvents`] (as Spring Modulith's `PublishedEvents`) answers "what was published?"
 //! with typed queries.
 //!
@@ -239,18 +240,16 @@ impl Publisher for InMemoryPublisher {
             if fail_call {
                 script.fail_calls -= 1;
             }
-            // Like a partitioned broker keyed by aggregate: once an envelope of an aggregate
-            // fails, the later ones of that aggregate in the batch fail too, so what was
-            // accepted never skips over a failed event.
+            // The `Publisher` contract: once an envelope of an aggregate fails, the later ones
+            // of that aggregate in the batch are not attempted, so what was accepted never
+            // skips over a failed event.
             let mut failed: HashSet<(&str, &str)> = HashSet::new();
             batch
                 .iter()
                 .map(|envelope| {
                     let key = (envelope.aggregate_type(), envelope.aggregate_id());
                     if failed.contains(&key) {
-                        return Err(PublishError::transient(ScriptedFailure {
-                            reason: "an earlier event of the aggregate failed in this batch",
-                        }));
+                        return Err(PublishError::NotAttempted);
                     }
                     let outcome = Self::outcome(&mut script, fail_call, envelope);
                     if outcome.is_err() {
@@ -351,11 +350,12 @@ mod tests {
         );
         assert!(publisher.published().is_empty());
 
-        // A rejected envelope fails for good, and takes the rest of its aggregate with it.
+        // A rejected envelope fails for good; the rest of its aggregate is not attempted.
         let first = batch[0].id();
         publisher.reject_matching(move |e| e.id() == first);
         let outcome = publisher.publish(&batch).await;
         assert!(matches!(outcome[0], Err(PublishError::Rejected { .. })));
+        assert!(matches!(outcome[1], Err(PublishError::NotAttempted)));
         assert!(outcome[1].as_ref().is_err_and(PublishError::is_retryable));
         assert!(outcome[2].is_ok());
         assert_eq!(publisher.published().count(), 1);
@@ -368,6 +368,63 @@ mod tests {
         assert_eq!(published.for_aggregate("Order", "a").count(), 2);
         assert_eq!(publisher.calls(), 3);
         assert_eq!(publisher.attempts(), 9);
+    }
+
+    #[tokio::test]
+    async fn later_events_of_a_failed_aggregate_are_not_attempted() {
+        let publisher = InMemoryPublisher::new();
+        // a/2 fails once; a/1 goes through; a/3 and a/4 must not be handed over after a/2.
+        let batch = [
+            envelope("a", 1),
+            envelope("b", 1),
+            envelope("a", 2),
+            envelope("b", 2),
+            envelope("a", 3),
+            envelope("a", 4),
+            envelope("c", 1),
+        ];
+        let failing = batch[2].id();
+        // Every later envelope of `a` would fail too if it were tried: it must not be tried, so
+        // its own count stays at zero and it goes through at once on the next call.
+        publisher.fail_matching(move |e| e.id() == failing, 1);
+        let later = [batch[4].id(), batch[5].id()];
+        publisher.fail_matching(move |e| later.contains(&e.id()), 1);
+
+        let outcome = publisher.publish(&batch).await;
+        assert!(outcome[0].is_ok());
+        assert!(outcome[1].is_ok());
+        assert!(matches!(outcome[2], Err(PublishError::Transient { .. })));
+        assert!(outcome[3].is_ok());
+        for later in &outcome[4..6] {
+            let error = later
+                .as_ref()
+                .expect_err("after a failed event of its aggregate");
+            assert!(
+                error.is_not_attempted() && error.is_retryable(),
+                "{error:?}"
+            );
+        }
+        assert!(outcome[6].is_ok(), "another aggregate flows on");
+        let accepted: Vec<(String, i64)> = publisher
+            .published()
+            .envelopes()
+            .iter()
+            .map(|e| (e.aggregate_id().to_owned(), e.sequence()))
+            .collect();
+        let expected = [("a", 1), ("b", 1), ("b", 2), ("c", 1)];
+        assert_eq!(
+            accepted,
+            expected.map(|(a, s)| (a.to_owned(), s)).to_vec(),
+            "nothing of `a` after its failed event was accepted"
+        );
+
+        // The retry of a/2 goes through; a/3 and a/4 were never tried, so their own scripted
+        // failure comes now, once each, in order.
+        let retry = &batch[2..=2];
+        assert!(publisher.publish(retry).await[0].is_ok());
+        let rest = publisher.publish(&batch[4..6]).await;
+        assert!(matches!(rest[0], Err(PublishError::Transient { .. })));
+        assert!(matches!(rest[1], Err(PublishError::NotAttempted)));
     }
 
     #[tokio::test]

@@ -59,11 +59,48 @@ pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
 /// * a batch is produced in order without waiting, then every delivery report is awaited: an
 ///   envelope is `Ok` only once the broker acknowledged it. Errors keep the Kafka error
 ///   ([`DeliveryError`]) and are classified retryable or rejected;
+/// * order per aggregate (the [`Publisher`] contract): once an event of an aggregate fails, the
+///   later events of that aggregate in the batch are not produced and come back
+///   [`PublishError::NotAttempted`]; see *Order and gaps* below;
 /// * a producer that cannot go on is replaced by a new one before the next batch: after a fatal
 ///   librdkafka error, or once the broker answered that it is fenced (`ProducerFenced`,
 ///   `InvalidProducerEpoch`; seen after a broker outage, when the broker does not accept the
 ///   producer's epoch bump). The batch that met the error fails as retryable, so the relay
 ///   sends it again with the new producer.
+///
+/// # Order and gaps
+///
+/// What holds, per aggregate (= per key, so per partition while the topic's partition count
+/// stays the same), with the default settings:
+///
+/// * **An event refused before it leaves the process** (larger than the producer's
+///   `message.max.bytes`, an unknown topic, a full queue past the queue timeout): none of its
+///   aggregate's later events of the batch is produced. The relay records the failure and
+///   sends the later events after it: under the relay's default `DeadLetterPolicy::Block`,
+///   nothing after a dead event ever reaches the topic.
+/// * **An event whose delivery fails after it was produced**: its aggregate's later events of
+///   the batch are already queued, some perhaps in flight. The producer is idempotent
+///   (`enable.idempotence=true`, which implies `acks=all`, at most 5 requests in flight per
+///   connection and retries without limit inside `message.timeout.ms`): librdkafka keeps the
+///   produce order per partition through its own retries, without duplicates. With
+///   `enable.gapless.guarantee=true` (set by default here) a permanent broker error (a message
+///   over the topic's `max.message.bytes`, say) stops the producer instead of sending the
+///   partition's later messages: every message still queued fails, the publisher reports the
+///   aggregate's later events [`PublishError::NotAttempted`] (they were not written) and
+///   replaces the producer before the next batch. Requests already in flight when the error
+///   comes back are the broker's to refuse: a Kafka broker refuses them as out of sequence,
+///   librdkafka's mock cluster writes them.
+/// * **Not guaranteed**: a later event that was written although an earlier one of its
+///   aggregate failed (in flight as above, or after a message timeout: messages that time out,
+///   `message.timeout.ms`, 30 s by default, while the broker is unreachable are outside
+///   librdkafka's gapless guarantee, and one timed out in flight may have been written
+///   anyway). The publisher reports it `Ok`, logs it at error level and counts it in
+///   `outbox_kafka_out_of_order_total`; the relay still sends it again after the failed event,
+///   so nothing is lost, but a consumer can see event k+1 before event k (and k+1 twice).
+///   Consumers that must never apply out of order check the `sequence` header (the project's
+///   consumer dedupes by event id). Keep `message.timeout.ms` large to make it rare.
+/// * Overriding `enable.idempotence`, `acks` or `enable.gapless.guarantee` with
+///   [`KafkaPublisherBuilder::set`] gives these guarantees up.
 ///
 /// ```no_run
 /// # async fn run() -> Result<(), outbox_kafka::SetupError> {
@@ -124,8 +161,11 @@ impl fmt::Debug for KafkaPublisherBuilder {
 impl KafkaPublisher {
     /// Starts a publisher for `brokers` (librdkafka's `bootstrap.servers`).
     ///
-    /// Defaults: `enable.idempotence=true`, `acks=all`, `message.timeout.ms=30000`,
-    /// `linger.ms=0`; override any of them with [`KafkaPublisherBuilder::set`].
+    /// Defaults: `enable.idempotence=true`, `acks=all`,
+    /// `max.in.flight.requests.per.connection=5`, `enable.gapless.guarantee=true`,
+    /// `message.timeout.ms=30000`, `linger.ms=0`; override any of them with
+    /// [`KafkaPublisherBuilder::set`] (the first four keep the order per aggregate: see
+    /// [`KafkaPublisher`], *Order and gaps*).
     ///
     /// `linger.ms=0` (librdkafka's own default is 5): the relay hands over a whole batch at once
     /// and waits for its acknowledgements, so lingering for more messages only delays them;
@@ -289,6 +329,8 @@ impl KafkaPublisherBuilder {
             .config
             .set_default("enable.idempotence", "true")
             .set_default("acks", "all")
+            .set_default("max.in.flight.requests.per.connection", "5")
+            .set_default("enable.gapless.guarantee", "true")
             .set_default("message.timeout.ms", "30000")
             .set_default("linger.ms", "0");
         let producer: FutureProducer = config
@@ -324,16 +366,82 @@ enum Slot {
     Failed(PublishError),
 }
 
+/// An aggregate: its type and id.
+type AggregateKey<'a> = (&'a str, &'a str);
+
+fn aggregate(envelope: &Envelope) -> AggregateKey<'_> {
+    (envelope.aggregate_type(), envelope.aggregate_id())
+}
+
+/// The outcomes of one batch, and the aggregates that have a failed envelope in it.
+struct Outcomes<'a> {
+    batch: &'a [Envelope],
+    results: Vec<Option<Result<(), PublishError>>>,
+    failed: HashSet<AggregateKey<'a>>,
+}
+
+impl<'a> Outcomes<'a> {
+    fn new(batch: &'a [Envelope]) -> Self {
+        Outcomes {
+            batch,
+            results: (0..batch.len()).map(|_| None).collect(),
+            failed: HashSet::new(),
+        }
+    }
+
+    /// Whether an earlier envelope of the aggregate of envelope `i` failed.
+    fn blocked(&self, i: usize) -> bool {
+        self.failed.contains(&aggregate(&self.batch[i]))
+    }
+
+    /// Records the outcome of envelope `i`, in batch order.
+    fn settle(&mut self, i: usize, result: Result<(), PublishError>) {
+        let envelope = &self.batch[i];
+        let key = aggregate(envelope);
+        let result = match result {
+            Ok(()) if self.failed.contains(&key) => {
+                // Handed over before the earlier failure was known, and written: the partition
+                // now holds this event without the failed one (see the type's docs).
+                tracing::error!(event_id = %envelope.id(), aggregate_type = key.0,
+                    aggregate_id = key.1, sequence = envelope.sequence(),
+                    "event reached Kafka after an earlier event of its aggregate failed");
+                metrics::counter!("outbox_kafka_out_of_order_total").increment(1);
+                Ok(())
+            }
+            // It failed behind the earlier failure (purged, or refused out of sequence): the
+            // failure is the earlier event's, not this one's.
+            Err(_) if self.failed.contains(&key) => Err(PublishError::NotAttempted),
+            Err(error) => {
+                self.failed.insert(key);
+                Err(error)
+            }
+            Ok(()) => Ok(()),
+        };
+        self.results[i] = Some(result);
+    }
+
+    fn finish(self) -> Vec<Result<(), PublishError>> {
+        self.results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(failure("", KafkaError::Canceled))))
+            .collect()
+    }
+}
+
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
         let topics: Vec<String> = batch.iter().map(|e| self.topic_for(e)).collect();
         self.provision_new(&topics).await;
         let producer = self.producer();
-        let mut results: Vec<Option<Result<(), PublishError>>> =
-            (0..batch.len()).map(|_| None).collect();
+        let mut outcomes = Outcomes::new(batch);
         let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
         for (i, envelope) in batch.iter().enumerate() {
+            if outcomes.blocked(i) {
+                // An earlier event of this aggregate failed: sending this one would overtake it.
+                outcomes.settle(i, Err(PublishError::NotAttempted));
+                continue;
+            }
             let source = self.source_for(envelope);
             let mut record = FutureRecord::to(&topics[i])
                 .key(envelope.aggregate_id())
@@ -351,7 +459,7 @@ impl Publisher for KafkaPublisher {
                         // Make room by waiting for the oldest message in flight.
                         match in_flight.pop_front() {
                             Some((j, delivery)) => {
-                                results[j] = Some(self.settle(&topics[j], delivery.await));
+                                outcomes.settle(j, self.settle(&topics[j], delivery.await));
                             }
                             None => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
@@ -366,18 +474,15 @@ impl Publisher for KafkaPublisher {
                 Slot::Sent(i, delivery) => in_flight.push_back((i, delivery)),
                 Slot::Failed(error) => {
                     tracing::warn!(event_id = %envelope.id(), topic = %topics[i],
-                        error = %error, "could not enqueue event");
-                    results[i] = Some(Err(error));
+                        error = %outbox_core::error_chain(&error), "could not enqueue event");
+                    outcomes.settle(i, Err(error));
                 }
             }
         }
         for (i, delivery) in in_flight {
-            results[i] = Some(self.settle(&topics[i], delivery.await));
+            outcomes.settle(i, self.settle(&topics[i], delivery.await));
         }
-        results
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(failure("", KafkaError::Canceled))))
-            .collect()
+        outcomes.finish()
     }
 }
 

@@ -414,6 +414,80 @@ impl MigrationTrait for CreateOutboxTables {
     }
 }
 
+/// Widens the outbox's text columns on MySQL/MariaDB to `LONGTEXT` (migration
+/// `outbox_m0002_long_text_columns`): `outbox.payload`, `outbox.metadata`, `outbox.last_error`
+/// and `outbox_delivery.last_error`.
+///
+/// MySQL's `TEXT` holds 64 KB, less than a Kafka broker accepts by default (1 MB), so a larger
+/// event failed to save ("Data too long for column 'payload'"). `LONGTEXT` holds 4 GB; the
+/// columns keep their nullability. A new install runs it right after
+/// [`CreateOutboxTables`], so every MySQL/MariaDB outbox gets `LONGTEXT`. On PostgreSQL and
+/// SQLite, whose `TEXT` has no such limit, it does nothing.
+///
+/// `down` narrows the columns back to `TEXT`; on MySQL/MariaDB in strict mode it fails while a
+/// row holds more than 64 KB in one of them, rather than cut the row.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LongTextColumns;
+
+impl MigrationName for LongTextColumns {
+    fn name(&self) -> &str {
+        "outbox_m0002_long_text_columns"
+    }
+}
+
+impl LongTextColumns {
+    /// Sets the four columns to `ty` (`LONGTEXT` or `TEXT`) on MySQL/MariaDB.
+    async fn retype(manager: &SchemaManager<'_>, ty: &str) -> Result<(), DbErr> {
+        if manager.get_database_backend() != sea_orm::DbBackend::MySql {
+            return Ok(());
+        }
+        let column = |col: Outbox, not_null: bool| {
+            let mut def = ColumnDef::new(col);
+            def.custom(Alias::new(ty));
+            if not_null {
+                def.not_null();
+            } else {
+                def.null();
+            }
+            def
+        };
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(Outbox::Table)
+                    .modify_column(column(Outbox::Payload, true))
+                    .modify_column(column(Outbox::Metadata, false))
+                    .modify_column(column(Outbox::LastError, false))
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .alter_table(
+                Table::alter()
+                    .table(OutboxDelivery::Table)
+                    .modify_column(
+                        ColumnDef::new(OutboxDelivery::LastError)
+                            .custom(Alias::new(ty))
+                            .null()
+                            .to_owned(),
+                    )
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for LongTextColumns {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        Self::retype(manager, "LONGTEXT").await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        Self::retype(manager, "TEXT").await
+    }
+}
+
 /// Adds `outbox_version_offset`, for versioned aggregates (migration
 /// `outbox_m0003_version_offset`).
 ///
@@ -464,7 +538,11 @@ impl MigrationTrait for CreateVersionOffset {
 
 /// The outbox's migrations, in order, to add to your own `MigratorTrait::migrations()`.
 pub fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-    vec![Box::new(CreateOutboxTables), Box::new(CreateVersionOffset)]
+    vec![
+        Box::new(CreateOutboxTables),
+        Box::new(LongTextColumns),
+        Box::new(CreateVersionOffset),
+    ]
 }
 
 /// A migrator holding only the outbox's migrations.

@@ -5,6 +5,7 @@
 //! database is used only to create the per-test databases). A test that cannot reach its service
 //! fails under CI (`CI=true`) and is skipped with a printed reason elsewhere.
 
+pub mod documents;
 pub mod fixtures;
 
 use std::sync::Once;

@@ -3,7 +3,8 @@
 //! ```text
 //! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
 //!     [--batch-size 500] [--concurrency 2] [--delete-published] [--topic-prefix shop.] \
-//!     [--kafka-config compression.type=zstd]... [--provision-topics] [--cleanup-after-secs 86400]
+//!     [--kafka-config compression.type=zstd]... [--provision-topics] [--cleanup-after-secs 86400] \
+//!     [--publish-timeout-secs 60]
 //! ```
 //!
 //! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration exits with
@@ -51,6 +52,10 @@ struct Args {
     /// bounded batches. Off unless given.
     #[arg(long, env = "OUTBOX_CLEANUP_AFTER_SECS")]
     cleanup_after_secs: Option<u64>,
+    /// The longest a relay cycle waits for Kafka to acknowledge its batch; past it the batch is
+    /// retried and the cycle's shards are released. Keep it above `message.timeout.ms`.
+    #[arg(long, env = "OUTBOX_PUBLISH_TIMEOUT_SECS", default_value_t = 60)]
+    publish_timeout_secs: u64,
 }
 
 /// Completes once `stop` turns true (or its sender is gone).
@@ -118,6 +123,10 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("outbox-relay: --concurrency must be between 1 and 16");
         return ExitCode::from(2);
     }
+    if args.publish_timeout_secs == 0 {
+        eprintln!("outbox-relay: --publish-timeout-secs must be at least 1");
+        return ExitCode::from(2);
+    }
     let mut builder = KafkaPublisher::builder(&args.brokers).topic_prefix(&args.topic_prefix);
     for (k, v) in &args.kafka_config {
         builder = builder.set(k, v);
@@ -165,6 +174,7 @@ async fn run(args: Args) -> ExitCode {
         .batch_size(args.batch_size)
         .concurrency(args.concurrency)
         .completion(completion)
+        .publish_timeout(Duration::from_secs(args.publish_timeout_secs))
         .build();
     let started = Instant::now();
     let outcome = relay.run_until(stopped(stop_rx)).await;

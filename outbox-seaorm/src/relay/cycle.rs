@@ -50,6 +50,15 @@ struct InvalidRow {
 #[error("the publisher returned no outcome for this envelope")]
 struct MissingOutcome;
 
+/// The publisher did not answer within the relay's publish timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the publisher did not answer within {0:?} (the relay's publish timeout)")]
+struct PublishTimedOut(std::time::Duration);
+
+/// The most positions bound in one statement: far below the bind-parameter limits of every
+/// backend (SQLite 32,766; PostgreSQL and MySQL/MariaDB 65,535), whatever the batch size.
+pub(crate) const POSITIONS_PER_STATEMENT: usize = 10_000;
+
 impl Row {
     fn read(row: &QueryResult) -> Result<Row, DbErr> {
         let position: i64 = row.try_get("", "position")?;
@@ -259,6 +268,12 @@ fn decide(
         }
         match result {
             Ok(()) => outcome.published.push(row.position),
+            Err(RowError::Publish(error)) if error.is_not_attempted() => {
+                // Never handed to the broker: no attempt counted, nothing recorded; it is read
+                // again next cycle, and so are the later rows of its aggregate.
+                failed.insert(key);
+                outcome.held += 1;
+            }
             Err(error) => {
                 failed.insert(key);
                 let attempts = row.attempts.saturating_add(1);
@@ -314,36 +329,38 @@ impl RowError<'_> {
     }
 }
 
-/// Writes the outcome: one statement for every published row (two when [`Completion::Delete`]
-/// keeps some rows back), one per failure.
+/// Writes the outcome: one statement per [`POSITIONS_PER_STATEMENT`] published rows (two when
+/// [`Completion::Delete`] keeps some rows back), one per failure.
 async fn record<C: ConnectionTrait>(
     db: &C,
     completion: Completion,
     outcome: &Outcome,
     now: i64,
 ) -> Result<(), DbErr> {
-    let published = &outcome.published;
-    let mut mark = !published.is_empty();
-    if mark && completion == Completion::Delete {
-        // A row whose in-process handlers have not all run stays (marked): the delivery worker
-        // reads the event back from it. `Cleanup` removes it later.
-        let sql = format!(
-            "DELETE FROM outbox WHERE position IN ({}) AND NOT EXISTS (SELECT 1 FROM \
-             outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1)",
-            placeholders(published.len())
-        );
-        let values: Vec<Value> = published.iter().map(|p| Value::from(*p)).collect();
-        let deleted = execute(db, &sql, values).await?;
-        mark = usize::try_from(deleted).unwrap_or(usize::MAX) < published.len();
-    }
-    if mark {
-        let sql = format!(
-            "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
-            placeholders(published.len())
-        );
-        let mut values: Vec<Value> = vec![now.into()];
-        values.extend(published.iter().map(|p| Value::from(*p)));
-        execute(db, &sql, values).await?;
+    // In chunks, so that no statement binds more parameters than the backend takes.
+    for published in outcome.published.chunks(POSITIONS_PER_STATEMENT) {
+        let mut mark = true;
+        if completion == Completion::Delete {
+            // A row whose in-process handlers have not all run stays (marked): the delivery
+            // worker reads the event back from it. `Cleanup` removes it later.
+            let sql = format!(
+                "DELETE FROM outbox WHERE position IN ({}) AND NOT EXISTS (SELECT 1 FROM \
+                 outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1)",
+                placeholders(published.len())
+            );
+            let values: Vec<Value> = published.iter().map(|p| Value::from(*p)).collect();
+            let deleted = execute(db, &sql, values).await?;
+            mark = usize::try_from(deleted).unwrap_or(usize::MAX) < published.len();
+        }
+        if mark {
+            let sql = format!(
+                "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
+                placeholders(published.len())
+            );
+            let mut values: Vec<Value> = vec![now.into()];
+            values.extend(published.iter().map(|p| Value::from(*p)));
+            execute(db, &sql, values).await?;
+        }
     }
     for (position, attempts, dead, error, next) in &outcome.failures {
         let status = if *dead { DEAD } else { PENDING };
@@ -366,6 +383,12 @@ async fn record<C: ConnectionTrait>(
 
 /// Hands the batch to the publisher: every row that makes an envelope, except the rows after an
 /// invalid row of the same aggregate (they would overtake it).
+///
+/// Waits at most the relay's publish timeout: past it, the publisher's work is dropped and every
+/// envelope handed over counts as a transient failure (the first of each aggregate is charged an
+/// attempt and retried with backoff, the later ones stay pending behind it), so the cycle ends
+/// and its shard locks are released. Messages the publisher already sent may still arrive:
+/// delivery stays at least once.
 async fn publish(relay: &Relay, rows: &mut [Row]) -> Vec<Result<(), PublishError>> {
     let mut broken: HashSet<(String, String)> = HashSet::new();
     let mut envelopes: Vec<Envelope> = Vec::with_capacity(rows.len());
@@ -385,7 +408,21 @@ async fn publish(relay: &Relay, rows: &mut [Row]) -> Vec<Result<(), PublishError
     if envelopes.is_empty() {
         return Vec::new();
     }
-    relay.publisher.publish(&envelopes).await
+    let timeout = relay.config.publish_timeout;
+    match tokio::time::timeout(timeout, relay.publisher.publish(&envelopes)).await {
+        Ok(results) => results,
+        Err(_elapsed) => {
+            tracing::warn!(
+                envelopes = envelopes.len(),
+                timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                "the publisher did not answer within the publish timeout; the batch is retried"
+            );
+            envelopes
+                .iter()
+                .map(|_| Err(PublishError::transient(PublishTimedOut(timeout))))
+                .collect()
+        }
+    }
 }
 
 fn report(rows: &[Row], shards: usize, outcome: &Outcome) -> CycleReport {

@@ -9,7 +9,11 @@
 //! and commits, which releases the shards. A
 //! shard is held by one relay at a time, so several relays can run against one database and
 //! events of one aggregate are still published in order. If an event fails, the later events of
-//! its aggregate in the batch are not marked published, so they are sent again after it.
+//! its aggregate in the batch are not handed to the broker (the [`Publisher`] contract: they come
+//! back [`PublishError::NotAttempted`](outbox_core::PublishError::NotAttempted)); they stay
+//! pending, charged no attempt, and are sent after it. The wait on the publisher is bounded
+//! ([`RelayBuilder::publish_timeout`]), so a hung broker cannot hold a cycle's shard locks: past
+//! the bound the batch counts as a retryable failure and the shards are released.
 //!
 //! SQLite has no row locks: there, the relay reads and publishes outside any transaction (so the
 //! application's saves are not blocked meanwhile) and marks the batch in one short write
@@ -241,6 +245,7 @@ struct Config {
     idle_min: Duration,
     idle_max: Duration,
     fallback_poll: Duration,
+    publish_timeout: Duration,
     instance_id: String,
 }
 
@@ -279,6 +284,11 @@ impl std::fmt::Debug for RelayBuilder {
 
 impl RelayBuilder {
     /// Rows per batch (at least 1). Default 500.
+    ///
+    /// Any size works on every backend: the statements that bind one parameter per row are
+    /// split so that none exceeds the backend's bind-parameter limit (SQLite 32,766,
+    /// PostgreSQL and MySQL/MariaDB 65,535). The whole batch is held in memory and handed to
+    /// the publisher at once, so very large batches mostly cost memory and latency.
     pub fn batch_size(mut self, rows: usize) -> Self {
         self.config.batch_size = rows.max(1);
         self
@@ -331,6 +341,23 @@ impl RelayBuilder {
         self.config.fallback_poll = every.max(Duration::from_millis(1));
         self
     }
+    /// The longest a cycle waits for the publisher to answer for its batch (at least 1 ms).
+    /// Default 60 s ([`DEFAULT_PUBLISH_TIMEOUT`]).
+    ///
+    /// A cycle holds its shard locks, its transaction and a pooled connection while it
+    /// publishes; this bounds that time when a broker hangs. Past it, the cycle gives up on the
+    /// publisher: every envelope of the batch counts as a transient failure (the first event of
+    /// each aggregate is charged an attempt and retried with the [`retry`](Self::retry)
+    /// backoff; its later events stay pending behind it), the outcome is recorded and the
+    /// shards are released. Messages the publisher already sent may still reach the broker and
+    /// are sent again later (at least once). Keep it above the publisher's own bound on a batch
+    /// (for `KafkaPublisher`: `message.timeout.ms`, 30 s by default, plus its queue timeout
+    /// when the local queue is full), so that the publisher's own, more precise, answer comes
+    /// first.
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.config.publish_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
     /// The name written to `outbox_shard.owner`. Default: `relay-<pid>-<random>`.
     pub fn instance_id(mut self, id: impl Into<String>) -> Self {
         self.config.instance_id = id.into();
@@ -345,6 +372,9 @@ impl RelayBuilder {
         }
     }
 }
+
+/// The default of [`RelayBuilder::publish_timeout`]: 60 s.
+pub const DEFAULT_PUBLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often the `outbox_pending` gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(5);
@@ -367,6 +397,7 @@ impl Relay {
                 idle_min: Duration::from_millis(10),
                 idle_max: Duration::from_secs(1),
                 fallback_poll: Duration::from_secs(5),
+                publish_timeout: DEFAULT_PUBLISH_TIMEOUT,
                 instance_id: format!("relay-{}-{:08x}", std::process::id(), fastrand::u32(..)),
             },
         }
