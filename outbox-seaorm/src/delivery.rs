@@ -46,16 +46,7 @@ pub(crate) enum Outcome {
 }
 
 /// The after-commit job of one transaction: runs every (event, handler) pair in order, each
-/// bounded by its own timeout, else [`Handler::DEFAULT_TIMEOUT`].
-pub(crate) fn dispatch_job(
-    db: DatabaseConnection,
-    retry: RetryPolicy,
-    written: Written,
-) -> DispatchJob {
-    dispatch_job_within(db, retry, Handler::DEFAULT_TIMEOUT, written)
-}
-
-/// [`dispatch_job`], with `timeout` for the handlers that set none.
+/// bounded by its own timeout, else `timeout`.
 pub(crate) fn dispatch_job_within(
     db: DatabaseConnection,
     retry: RetryPolicy,
@@ -331,15 +322,17 @@ struct UnknownHandlers {
 
 impl DeliveryWorker {
     /// A worker for `outbox`'s database, handlers and retry policy: polls every 5 s, claims up to
-    /// 100 rows at a time with a 60 s lease, and gives a handler without its own timeout
-    /// [`Handler::DEFAULT_TIMEOUT`] (30 s).
+    /// 100 rows at a time with a 60 s lease, and gives a handler without its own timeout the
+    /// outbox's [`handler_timeout`](crate::OutboxBuilder::handler_timeout) (default
+    /// [`Handler::DEFAULT_TIMEOUT`], 30 s).
     pub fn new(outbox: Outbox) -> Self {
+        let handler_timeout = outbox.handler_timeout();
         DeliveryWorker {
             outbox,
             poll_interval: Duration::from_secs(5),
             batch_size: 100,
             lease: Duration::from_secs(60),
-            handler_timeout: Handler::DEFAULT_TIMEOUT,
+            handler_timeout,
             unknown: Arc::default(),
         }
     }

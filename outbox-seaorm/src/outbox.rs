@@ -4,13 +4,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{AggregateRoot, Dispatcher, HandlerRegistry, RetryPolicy, SpawnDispatcher};
+use outbox_core::{
+    AggregateRoot, Dispatcher, DuplicateHandlerId, Handler, HandlerRegistry, RetryPolicy,
+    SpawnDispatcher,
+};
 use sea_orm::{
     ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
     IntoActiveModel, ModelTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
-use crate::delivery::dispatch_job;
+use crate::delivery::dispatch_job_within;
 use crate::error::Error;
 use crate::notifier::Notifier;
 use crate::save::{self, ActiveOf, Wake, Written};
@@ -32,6 +35,7 @@ struct Inner {
     dispatcher: Box<dyn Dispatcher>,
     retry: RetryPolicy,
     grace: Duration,
+    handler_timeout: Duration,
     notifier: Notifier,
 }
 
@@ -42,6 +46,7 @@ impl fmt::Debug for Outbox {
             .field("dispatcher", &self.inner.dispatcher)
             .field("retry", &self.inner.retry)
             .field("delivery_grace", &self.inner.grace)
+            .field("handler_timeout", &self.inner.handler_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +59,7 @@ pub struct OutboxBuilder {
     dispatcher: Box<dyn Dispatcher>,
     retry: RetryPolicy,
     grace: Duration,
+    handler_timeout: Duration,
 }
 
 impl fmt::Debug for OutboxBuilder {
@@ -63,6 +69,7 @@ impl fmt::Debug for OutboxBuilder {
             .field("dispatcher", &self.dispatcher)
             .field("retry", &self.retry)
             .field("delivery_grace", &self.grace)
+            .field("handler_timeout", &self.handler_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -96,20 +103,49 @@ impl OutboxBuilder {
         self
     }
 
+    /// Sets how long an in-process handler without its own timeout
+    /// (`#[event_handler(timeout = "...")]`) may run after the commit before it is cancelled
+    /// and its attempt fails as retryable (default [`Handler::DEFAULT_TIMEOUT`], 30 s). A
+    /// [`crate::DeliveryWorker`] built from this outbox starts with the same bound.
+    pub fn handler_timeout(mut self, timeout: Duration) -> Self {
+        self.handler_timeout = timeout;
+        self
+    }
+
     /// Builds the outbox.
+    ///
+    /// Two in-process handlers under one id cannot both be run: their delivery rows would be
+    /// one. The registry keeps the first and logs the conflict at `error` level; prefer
+    /// [`OutboxBuilder::try_build`], which refuses it.
     pub fn build(self) -> Outbox {
+        let handlers = self
+            .handlers
+            .unwrap_or_else(HandlerRegistry::from_inventory);
         Outbox {
             inner: Arc::new(Inner {
                 db: self.db,
-                handlers: self
-                    .handlers
-                    .unwrap_or_else(HandlerRegistry::from_inventory),
+                handlers,
                 dispatcher: self.dispatcher,
                 retry: self.retry,
                 grace: self.grace,
+                handler_timeout: self.handler_timeout,
                 notifier: Notifier::new(),
             }),
         }
+    }
+
+    /// Builds the outbox, or refuses handlers that share an id.
+    ///
+    /// # Errors
+    /// [`DuplicateHandlerId`] naming both handlers when two in-process handlers (or two of one
+    /// consumer group) share an id: rename one, or give it `#[event_handler(id = "...")]`.
+    pub fn try_build(mut self) -> Result<Outbox, DuplicateHandlerId> {
+        let handlers = match self.handlers.take() {
+            Some(handlers) => handlers,
+            None => HandlerRegistry::try_from_inventory()?,
+        };
+        handlers.check()?;
+        Ok(self.handlers(handlers).build())
     }
 }
 
@@ -123,6 +159,7 @@ impl Outbox {
             dispatcher: Box::new(SpawnDispatcher),
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
+            handler_timeout: Handler::DEFAULT_TIMEOUT,
         }
     }
 
@@ -144,6 +181,11 @@ impl Outbox {
     /// How long the recovery worker leaves a fresh delivery to the immediate dispatch.
     pub fn delivery_grace(&self) -> Duration {
         self.inner.grace
+    }
+
+    /// How long an in-process handler without its own timeout may run.
+    pub fn handler_timeout(&self) -> Duration {
+        self.inner.handler_timeout
     }
 
     /// Saves `aggregate` and its pending events in one transaction.
@@ -317,7 +359,12 @@ impl Outbox {
         if written.deliveries() == 0 {
             return;
         }
-        let job = dispatch_job(self.inner.db.clone(), self.inner.retry.clone(), written);
+        let job = dispatch_job_within(
+            self.inner.db.clone(),
+            self.inner.retry.clone(),
+            self.inner.handler_timeout,
+            written,
+        );
         self.inner.dispatcher.dispatch(job).await;
     }
 }

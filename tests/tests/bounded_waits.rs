@@ -194,9 +194,47 @@ async fn worker_default_timeout_bounds_handlers(t: TestDb) {
         .expect("the pool serves other saves");
 }
 
+/// A handler without its own timeout gets the outbox's in the after-commit dispatch, and a
+/// worker built from that outbox starts with the same bound.
+async fn outbox_default_timeout_bounds_after_commit_handlers(t: TestDb) {
+    let db = pool_of_one(&t).await;
+    let outbox = Outbox::builder(db.clone())
+        .handlers(HandlerRegistry::new().with(handler!(slow)))
+        .dispatcher(InlineDispatcher)
+        .retry(
+            RetryPolicy::default()
+                .with_initial_delay(Duration::from_millis(10))
+                .with_jitter(0.0),
+        )
+        .handler_timeout(Duration::from_millis(250))
+        .delivery_grace(Duration::ZERO)
+        .build();
+    assert_eq!(outbox.handler_timeout(), Duration::from_millis(250));
+    let event_id = tokio::time::timeout(BOUND, record(&outbox, "c-1", CrateDelayed {}))
+        .await
+        .expect("the save returned: the hung handler was cancelled");
+    let (status, attempts, error) = delivery(&db, &event_id).await;
+    assert_eq!((status, attempts), (0, 1), "{error}");
+    assert!(
+        error.contains("`bounded.slow` did not complete within 250ms"),
+        "{error}"
+    );
+    let worker = DeliveryWorker::new(outbox);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let claimed = tokio::time::timeout(BOUND, worker.run_once())
+        .await
+        .expect("the worker's round ended at the outbox's bound")
+        .expect("round");
+    assert_eq!(claimed, 1);
+    let (_, attempts, error) = delivery(&db, &event_id).await;
+    assert_eq!(attempts, 2, "{error}");
+    assert!(error.contains("within 250ms"), "{error}");
+}
+
 db_tests!(
     hung_handler_times_out_and_frees_its_connection,
     worker_default_timeout_bounds_handlers,
+    outbox_default_timeout_bounds_after_commit_handlers,
 );
 
 /// Reads a row, lets another connection commit a write, then writes: a deferred SQLite

@@ -239,6 +239,30 @@ async fn kafka_consumer_refuses_a_registry_with_a_duplicate_id() {
     );
 }
 
+#[tokio::test]
+async fn outbox_try_build_refuses_a_registry_with_a_duplicate_id() {
+    let Some(t) = outbox_tests::fresh(outbox_tests::Backend::Sqlite, "handler_ids::outbox").await
+    else {
+        return;
+    };
+    let duplicated = HandlerRegistry::new()
+        .with(handler!(v1::notify))
+        .with(handler!(v2::send_notification));
+    let err = outbox_seaorm::Outbox::builder(t.db.clone())
+        .handlers(duplicated)
+        .try_build()
+        .expect_err("duplicate id");
+    assert_eq!(err.id, "shipping.notify");
+    let err = outbox_seaorm::Outbox::builder(t.db.clone())
+        .try_build()
+        .expect_err("the inventory has the duplicate too");
+    assert_eq!(err.id, "shipping.notify");
+    outbox_seaorm::Outbox::builder(t.db.clone())
+        .handlers(HandlerRegistry::new().with(handler!(v1::notify)))
+        .try_build()
+        .expect("one handler per id");
+}
+
 async fn create_runs(t: &TestDb) {
     t.db.execute_unprepared(
         "CREATE TABLE runs (event_id VARCHAR(36) NOT NULL, handler VARCHAR(16) NOT NULL)",

@@ -1,13 +1,15 @@
 //! Large events on every database: a 1 MB event is saved, relayed to Kafka (librdkafka's mock
-//! cluster) and read back whole, with the producer's and the reader's size limits raised as a
-//! user would through the builders' librdkafka passthrough; an event over the producer's limit
-//! goes dead with its reason while the other aggregates' events flow on.
+//! cluster), read back whole by a plain client and applied by `KafkaConsumer` through the inbox,
+//! with the producer's and the readers' size limits raised as a user would through the builders'
+//! librdkafka passthrough; an event over the producer's limit goes dead with its reason while the
+//! other aggregates' events flow on.
 
 use std::time::Duration;
 
-use outbox_core::HandlerRegistry;
-use outbox_kafka::KafkaPublisher;
+use outbox_core::{EventContext, HandlerError, HandlerRegistry, event_handler, handler};
+use outbox_kafka::{KafkaConsumer, KafkaPublisher};
 use outbox_seaorm::Outbox;
+use outbox_seaorm::TransactionExt;
 use outbox_seaorm::relay::{Relay, dead_count, pending_count};
 use outbox_tests::documents::{
     DocumentRevised, create_table, new_document, read_topic_async, revise,
@@ -41,8 +43,57 @@ async fn last_error(t: &TestDb, aggregate_id: &str) -> String {
         .expect("a reason")
 }
 
+/// The consumer side: records each revision's body length through the inbox transaction.
+#[event_handler(id = "large.received", group = "documents")]
+async fn received(event: &DocumentRevised, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    let backend = txn.get_database_backend();
+    let sql = if backend == sea_orm::DbBackend::Postgres {
+        "INSERT INTO received (document, revision, body_len) VALUES ($1, $2, $3)"
+    } else {
+        "INSERT INTO received (document, revision, body_len) VALUES (?, ?, ?)"
+    };
+    let body_len = i64::try_from(event.body.len()).unwrap_or(i64::MAX);
+    txn.execute_raw(Statement::from_sql_and_values(
+        backend,
+        sql,
+        [
+            event.document.clone().into(),
+            event.revision.into(),
+            body_len.into(),
+        ],
+    ))
+    .await?;
+    Ok(())
+}
+
+/// `(document, revision, body length)` of what the consumer applied, in order.
+async fn applied(t: &TestDb) -> Vec<(String, i64, i64)> {
+    t.db.query_all_raw(Statement::from_string(
+        t.db.get_database_backend(),
+        "SELECT document, revision, body_len FROM received ORDER BY document, revision",
+    ))
+    .await
+    .expect("received")
+    .iter()
+    .map(|r| {
+        (
+            r.try_get_by_index(0).expect("document"),
+            r.try_get_by_index(1).expect("revision"),
+            r.try_get_by_index(2).expect("length"),
+        )
+    })
+    .collect()
+}
+
 async fn one_megabyte_event_is_saved_relayed_and_read(t: TestDb) {
     create_table(&t.db).await;
+    t.db.execute_unprepared(
+        "CREATE TABLE received (document VARCHAR(64) NOT NULL, revision BIGINT NOT NULL, \
+         body_len BIGINT NOT NULL)",
+    )
+    .await
+    .expect("received table");
     let outbox = Outbox::builder(t.db.clone())
         .handlers(HandlerRegistry::new())
         .build();
@@ -117,6 +168,53 @@ async fn one_megabyte_event_is_saved_relayed_and_read(t: TestDb) {
     assert_eq!(event.document, "large");
     assert_eq!(event.body.len(), ONE_MB);
     assert!(event.body.bytes().all(|b| b == b'x'));
+
+    // And the project's consumer applies it, once, through the inbox on this database, with its
+    // fetch limit raised as a user would.
+    let consumer = KafkaConsumer::builder(
+        &brokers,
+        "documents",
+        t.db.clone(),
+        HandlerRegistry::new().with(handler!(received)),
+    )
+    .topics(["document"])
+    .set("fetch.message.max.bytes", PRODUCER_LIMIT)
+    .build()
+    .await
+    .expect("consumer");
+    let db = t.db.clone();
+    let stats = consumer
+        .run_until(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while tokio::time::Instant::now() < deadline {
+                let count = db
+                    .query_one_raw(Statement::from_string(
+                        db.get_database_backend(),
+                        "SELECT COUNT(*) FROM received",
+                    ))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get_by_index::<i64>(0).ok())
+                    .unwrap_or(0);
+                if count >= 3 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("consumer ran");
+    let one_mb = i64::try_from(ONE_MB).expect("fits");
+    assert_eq!(
+        applied(&t).await,
+        [
+            ("large".to_owned(), 1, one_mb),
+            ("small".to_owned(), 1, 10),
+            ("small".to_owned(), 2, 10),
+        ],
+        "{stats:?}"
+    );
 }
 
 db_tests!(one_megabyte_event_is_saved_relayed_and_read);

@@ -8,7 +8,9 @@
 use outbox_core::event_handler;
 use outbox_core::{AggregateRoot, DomainEvent, EventContext, HandlerError, InlineDispatcher};
 use outbox_seaorm::{Outbox, TransactionExt};
-use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Schema, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait, Schema, Statement,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -29,6 +31,9 @@ mod order {
         pub customer: String,
         pub amount_cents: i64,
         pub status: String,
+        /// Optimistic concurrency: a save from a stale copy is refused.
+        #[aggregate(version)]
+        pub version: i64,
         #[sea_orm(ignore)]
         #[aggregate(events)]
         pub events: DomainEvents,
@@ -47,6 +52,7 @@ mod order {
                 customer: customer.to_owned(),
                 amount_cents,
                 status: "PENDING".to_owned(),
+                version: 0,
                 events: DomainEvents::new(),
             };
             order.register_event(OrderPlaced {
@@ -164,9 +170,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     outbox.save(&mut bob).await?;
 
+    // A second copy of ada's order, loaded now, before the payment below.
+    let mut stale = order::Entity::find_by_id(ada.id)
+        .one(&db)
+        .await?
+        .ok_or("ada's order is stored")?;
+
     ada.pay();
     println!("pay order of ada (an update, 1 pending event)");
     outbox.save(&mut ada).await?;
+    println!("  ada's order is at version {}", ada.version);
+
+    // The stale copy does not overwrite the payment it never saw: its save is refused, writes
+    // nothing, and it keeps its event (reload, apply again, save again).
+    stale.pay();
+    match outbox.save(&mut stale).await {
+        Err(err) if err.is_conflict() => println!(
+            "pay a stale copy of ada's order: refused ({err}); it keeps {} pending event",
+            stale.pending_events().len()
+        ),
+        other => return Err(format!("a stale copy must be refused, got {other:?}").into()),
+    }
 
     // A unit of work that rolls back writes nothing and runs nothing.
     let mut eve = order::Model::place("eve", 100);

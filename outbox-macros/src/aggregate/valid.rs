@@ -25,18 +25,21 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
         ];
         let mut marked = roles
             .iter()
-            .filter_map(|(role, key)| Some((*role, key.as_ref()?)));
-        if let (Some((first, _)), Some((second, key))) = (marked.next(), marked.next()) {
+            .enumerate()
+            .filter_map(|(i, (role, key))| Some((i, *role, key.as_ref()?)));
+        // A field with two roles keeps its first, so the second is the only error reported.
+        let first = marked.next();
+        if let (Some((_, first_role, _)), Some((_, second, key))) = (first, marked.next()) {
             cx.error_spanned_by(
                 key,
                 format_args!(
-                    "field `{}` cannot be both {first} and {second}",
+                    "field `{}` cannot be both {first_role} and {second}",
                     field.ident
                 ),
             );
-            continue;
         }
-        if let Some(key) = &field.attrs.id {
+        let role = first.map(|(i, _, _)| i);
+        if let (Some(0), Some(key)) = (role, &field.attrs.id) {
             match id {
                 Some(first) => cx.error_spanned_by(
                     key,
@@ -48,7 +51,7 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
                 None => id = Some(field),
             }
         }
-        if let Some(key) = &field.attrs.events {
+        if let (Some(1), Some(key)) = (role, &field.attrs.events) {
             match events {
                 Some(first) => cx.error_spanned_by(
                     key,
@@ -60,7 +63,7 @@ pub(crate) fn check<'i, 'a>(cx: &Ctxt, input: &'i Input<'a>) -> Option<Checked<'
                 None => events = Some(field),
             }
         }
-        if let Some(key) = &field.attrs.version {
+        if let (Some(2), Some(key)) = (role, &field.attrs.version) {
             match version {
                 Some(first) => cx.error_spanned_by(
                     key,

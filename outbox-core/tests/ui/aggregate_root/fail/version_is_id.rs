@@ -1,0 +1,11 @@
+use outbox_core::{AggregateRoot, DomainEvents};
+
+#[derive(Debug, AggregateRoot)]
+struct Order {
+    #[aggregate(id, version)]
+    id: u64,
+    #[aggregate(events)]
+    events: DomainEvents,
+}
+
+fn main() {}

@@ -1,0 +1,13 @@
+use outbox_core::{AggregateRoot, DomainEvents};
+
+#[derive(Debug, AggregateRoot)]
+struct Order {
+    #[aggregate(id)]
+    id: u64,
+    #[aggregate(version, version)]
+    version: i64,
+    #[aggregate(events)]
+    events: DomainEvents,
+}
+
+fn main() {}
