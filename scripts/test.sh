@@ -22,5 +22,6 @@ cargo test --workspace "$@"
 # installed once into the tool cache) checks the key, headers, CloudEvents attributes and JSON
 # of every message, and that it got as many as were published.
 check_topic="outbox-e2e-check-$(date +%s)-$$"
-published="$(cargo run --quiet -p outbox-tests --bin kafka_seed -- "$OUTBOX_TEST_KAFKA_BROKERS" "$check_topic")"
+# Its last line of output is the count (test logs may come before it).
+published="$(cargo run --quiet -p outbox-tests --bin kafka_seed -- "$OUTBOX_TEST_KAFKA_BROKERS" "$check_topic" | tail -n 1)"
 python3 scripts/kafka_check.py "$check_topic" --brokers "$OUTBOX_TEST_KAFKA_BROKERS" --expect "$published"

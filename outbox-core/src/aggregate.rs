@@ -7,6 +7,47 @@ use crate::event::{DomainEvent, DomainEvents};
 /// Implement it with `#[derive(AggregateRoot)]`, marking the id field `#[aggregate(id)]` and a
 /// [`DomainEvents`] field `#[aggregate(events)]`.
 ///
+/// Mark an integer field `#[aggregate(version)]` (a column of the aggregate's table) to make its
+/// saves optimistic: a backend then refuses a save whose stored version moved since the
+/// aggregate was loaded, instead of overwriting a change it never saw, and numbers the events
+/// from the version. Without it, saves are last-writer-wins. A new aggregate starts at version 0;
+/// the backend sets the version after each committed save ([`AggregateRoot::set_version`]).
+///
+/// ```
+/// use outbox_core::{AggregateRoot, DomainEvents};
+///
+/// #[derive(Debug, AggregateRoot)]
+/// #[aggregate(name = "Account")]
+/// struct Account {
+///     #[aggregate(id)]
+///     id: i64,
+///     #[aggregate(version)]
+///     version: i64,
+///     #[aggregate(events)]
+///     events: DomainEvents,
+/// }
+///
+/// let account = Account { id: 7, version: 0, events: DomainEvents::new() };
+/// assert!(Account::VERSIONED);
+/// assert_eq!(account.version(), Some(0));
+/// ```
+///
+/// The version must be an integer:
+///
+/// ```compile_fail
+/// use outbox_core::{AggregateRoot, DomainEvents};
+///
+/// #[derive(Debug, AggregateRoot)]
+/// struct Account {
+///     #[aggregate(id)]
+///     id: i64,
+///     #[aggregate(version)]
+///     version: String,
+///     #[aggregate(events)]
+///     events: DomainEvents,
+/// }
+/// ```
+///
 /// ```
 /// use outbox_core::{AggregateRoot, DomainEvent, DomainEvents};
 /// use serde::{Deserialize, Serialize};

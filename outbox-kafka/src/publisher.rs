@@ -8,13 +8,36 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_core::{Envelope, PublishError, Publisher};
+use rdkafka::ClientContext;
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
 
 use crate::admin::provision_topics;
 use crate::config::KafkaConfig;
 use crate::error::{DeliveryError, SetupError};
 use crate::headers;
+
+/// The producer, with the publisher's client context.
+type FutureProducer = rdkafka::producer::FutureProducer<PublisherContext>;
+
+/// The producer's client context: librdkafka's log lines go where rdkafka's default context
+/// sends them, except librdkafka's configuration warning that `enable.gapless.guarantee` is
+/// experimental. The publisher sets that property on purpose (it keeps a partition gap-free
+/// after a failed request), so the warning is logged at debug level instead of at every start.
+#[derive(Clone, Copy, Debug, Default)]
+struct PublisherContext;
+
+impl ClientContext for PublisherContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if fac == "CONFWARN" && log_message.contains("enable.gapless.guarantee") {
+            tracing::debug!(target: "librdkafka", "librdkafka: {fac} {log_message}");
+            return;
+        }
+        DefaultClientContext.log(level, fac, log_message);
+    }
+}
 
 type Router = Arc<dyn Fn(&Envelope) -> String + Send + Sync>;
 
@@ -215,7 +238,11 @@ impl KafkaPublisher {
         let fatal = current.client().fatal_error();
         let fenced = self.fenced.load(Ordering::Acquire);
         if fatal.is_some() || fenced {
-            match self.config.to_client_config().create::<FutureProducer>() {
+            match self
+                .config
+                .to_client_config()
+                .create_with_context::<_, FutureProducer>(PublisherContext)
+            {
                 Ok(fresh) => {
                     tracing::warn!(
                         ?fatal,
@@ -335,7 +362,7 @@ impl KafkaPublisherBuilder {
             .set_default("linger.ms", "0");
         let producer: FutureProducer = config
             .to_client_config()
-            .create()
+            .create_with_context(PublisherContext)
             .map_err(SetupError::Client)?;
         tracing::debug!(config = ?config, "Kafka publisher created");
         Ok(KafkaPublisher {
