@@ -16,15 +16,9 @@ use sea_orm::{
 use crate::error::Error;
 use crate::outbox::Outbox;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::status::DeliveryStatus;
 use crate::time;
 use crate::write::Written;
-
-/// `outbox_delivery.status` of a row waiting for its handler.
-pub(crate) const PENDING: i16 = crate::status::DeliveryStatus::Pending.value();
-/// `outbox_delivery.status` of a row whose handler completed.
-pub(crate) const DONE: i16 = crate::status::DeliveryStatus::Done.value();
-/// `outbox_delivery.status` of a row given up on.
-pub(crate) const DEAD: i16 = crate::status::DeliveryStatus::Dead.value();
 
 /// The longest `last_error` stored, in bytes.
 const MAX_ERROR_LEN: usize = 8 * 1024;
@@ -101,7 +95,7 @@ pub(crate) async fn deliver_logged(
 /// On PostgreSQL and MariaDB the delivery row is locked (`SELECT .. FOR UPDATE`) for the whole
 /// run, so the immediate dispatch and the recovery worker never run one handler twice at once.
 /// On SQLite the row is checked first, outside the transaction, and the completion is recorded
-/// with `UPDATE .. WHERE status = 0`; if another run completed it meanwhile, this run's writes
+/// with `UPDATE .. WHERE status = <pending>`; if another run completed it meanwhile, this run's writes
 /// are rolled back. The transaction begins `IMMEDIATE`, as a save's does: a deferred one that
 /// reads and then writes fails at once with `SQLITE_BUSY` after another connection's commit.
 /// It holds SQLite's single write lock while the handler runs, so a handler must write through
@@ -141,7 +135,7 @@ pub(crate) async fn deliver(
     };
     let status: i16 = row.try_get_by_index(0)?;
     let attempts: i32 = row.try_get_by_index(1)?;
-    if status != PENDING {
+    if status != DeliveryStatus::Pending.value() {
         txn.rollback().await?;
         return Ok(Outcome::Skipped);
     }
@@ -168,11 +162,11 @@ pub(crate) async fn deliver(
                         placeholder(backend, 5),
                     ),
                     [
-                        DONE.into(),
+                        DeliveryStatus::Done.into(),
                         time::now_micros().into(),
                         event_id.as_str().into(),
                         handler.id().into(),
-                        PENDING.into(),
+                        DeliveryStatus::Pending.into(),
                     ],
                 ))
                 .await?;
@@ -220,13 +214,18 @@ pub(crate) async fn deliver(
                     placeholder(backend, 7),
                 ),
                 [
-                    if dead { DEAD } else { PENDING }.into(),
+                    if dead {
+                        DeliveryStatus::Dead
+                    } else {
+                        DeliveryStatus::Pending
+                    }
+                    .into(),
                     i32::try_from(attempt).unwrap_or(i32::MAX).into(),
                     next.into(),
                     message.as_str().into(),
                     event_id.as_str().into(),
                     handler.id().into(),
-                    PENDING.into(),
+                    DeliveryStatus::Pending.into(),
                 ],
             ))
             .await?;
@@ -282,7 +281,7 @@ fn truncate(s: &mut String, max: usize) {
 /// [`outbox_core::DeferredDispatcher`].
 ///
 /// Like Spring Modulith's resubmission of incomplete event publications, but continuous. Each
-/// round claims up to `batch_size` due rows (`status = 0 AND next_attempt_at <= now`, with
+/// round claims up to `batch_size` due rows (pending, `next_attempt_at <= now`, with
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB so that several workers share the work),
 /// pushes their `next_attempt_at` a lease ahead so no other worker picks them up meanwhile, then
 /// runs each handler exactly as the after-commit dispatch does, recording success, a retry with
@@ -468,7 +467,7 @@ impl DeliveryWorker {
             .column(D::Handler)
             .expr(Expr::col(D::Handler).count())
             .from(D::Table)
-            .and_where(Expr::col(D::Status).eq(PENDING))
+            .and_where(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
             .and_where(Expr::col(D::Handler).is_not_in(known.iter().copied()))
             .group_by_col(D::Handler)
             .order_by(D::Handler, Order::Asc)
@@ -541,7 +540,7 @@ impl DeliveryWorker {
         let mut select = Query::select()
             .columns([D::EventId, D::Handler])
             .from(D::Table)
-            .and_where(Expr::col(D::Status).eq(PENDING))
+            .and_where(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
             .and_where(Expr::col(D::NextAttemptAt).lte(now))
             .and_where(Expr::col(D::Handler).is_in(known.iter().copied()))
             .order_by(D::NextAttemptAt, Order::Asc)
@@ -578,7 +577,7 @@ impl DeliveryWorker {
                 .value(D::NextAttemptAt, until)
                 .cond_where(
                     Condition::all()
-                        .add(Expr::col(D::Status).eq(PENDING))
+                        .add(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
                         .add(which),
                 )
                 .to_owned();

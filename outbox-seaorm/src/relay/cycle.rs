@@ -13,12 +13,8 @@ use uuid::Uuid;
 use super::sql::{error_chain, execute, placeholders, query};
 use super::{Completion, CycleReport, DeadLetterPolicy, Relay, RelayError};
 use crate::schema::SHARDS;
+use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros};
-
-/// Status values of `outbox.status`.
-pub(crate) const PENDING: i16 = crate::status::EventStatus::Pending.value();
-pub(crate) const PUBLISHED: i16 = crate::status::EventStatus::Published.value();
-pub(crate) const DEAD: i16 = crate::status::EventStatus::Dead.value();
 
 const COLUMNS: &str = "o.position, o.id, o.aggregatetype, o.aggregateid, o.type, o.version, \
      o.sequence, o.payload, o.metadata, o.topic, o.occurred_at, o.attempts";
@@ -133,9 +129,14 @@ impl fmt::Debug for Row {
 /// dead ones, few in normal operation), joined to the pending rows; so the cost stays linear in
 /// the pending rows of the claimed shards, however many published rows an aggregate has.
 fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
+    // Literals, not parameters: the planner sees the status it filters on.
+    let pending = EventStatus::Pending.value();
+    let dead = EventStatus::Dead.value();
     let blocking = match policy {
-        DeadLetterPolicy::Skip => "status = 0 AND next_attempt_at > ?",
-        DeadLetterPolicy::Block => "(status = 2 OR (status = 0 AND next_attempt_at > ?))",
+        DeadLetterPolicy::Skip => format!("status = {pending} AND next_attempt_at > ?"),
+        DeadLetterPolicy::Block => {
+            format!("(status = {dead} OR (status = {pending} AND next_attempt_at > ?))")
+        }
     };
     let (inner, outer) = match shards {
         Some(n) => (
@@ -149,7 +150,7 @@ fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
          LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
            FROM outbox WHERE {blocking}{inner} GROUP BY aggregatetype, aggregateid) blk \
          ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
-         WHERE o.status = 0 AND o.next_attempt_at <= ?{outer} \
+         WHERE o.status = {pending} AND o.next_attempt_at <= ?{outer} \
          AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
          ORDER BY o.shard, o.position LIMIT ?"
     )
@@ -209,17 +210,17 @@ async fn claim_shards<C: ConnectionTrait>(
     now: i64,
     limit: usize,
 ) -> Result<Vec<i16>, DbErr> {
-    let mut candidates: Vec<i16> = query(
-        db,
-        // One index probe per shard (`ix_outbox_claim`), however large the backlog; no locks.
+    // One index probe per shard (`ix_outbox_claim`), however large the backlog; no locks.
+    let sql = format!(
         "SELECT s.shard FROM outbox_shard s WHERE EXISTS (SELECT 1 FROM outbox o \
-         WHERE o.status = 0 AND o.shard = s.shard AND o.next_attempt_at <= ?)",
-        vec![now.into()],
-    )
-    .await?
-    .iter()
-    .map(|row| row.try_get::<i16>("", "shard"))
-    .collect::<Result<_, _>>()?;
+         WHERE o.status = {} AND o.shard = s.shard AND o.next_attempt_at <= ?)",
+        EventStatus::Pending.value()
+    );
+    let mut candidates: Vec<i16> = query(db, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i16>("", "shard"))
+        .collect::<Result<_, _>>()?;
     candidates.sort_unstable();
     let start = fastrand::i16(0..SHARDS);
     let (low, high): (Vec<i16>, Vec<i16>) = candidates.iter().partition(|s| **s < start);
@@ -345,8 +346,9 @@ async fn record<C: ConnectionTrait>(
             // worker reads the event back from it. `Cleanup` removes it later.
             let sql = format!(
                 "DELETE FROM outbox WHERE position IN ({}) AND NOT EXISTS (SELECT 1 FROM \
-                 outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1)",
-                placeholders(published.len())
+                 outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> {})",
+                placeholders(published.len()),
+                DeliveryStatus::Done.value()
             );
             let values: Vec<Value> = published.iter().map(|p| Value::from(*p)).collect();
             let deleted = execute(db, &sql, values).await?;
@@ -354,7 +356,8 @@ async fn record<C: ConnectionTrait>(
         }
         if mark {
             let sql = format!(
-                "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
+                "UPDATE outbox SET status = {}, published_at = ? WHERE position IN ({})",
+                EventStatus::Published.value(),
                 placeholders(published.len())
             );
             let mut values: Vec<Value> = vec![now.into()];
@@ -363,7 +366,11 @@ async fn record<C: ConnectionTrait>(
         }
     }
     for (position, attempts, dead, error, next) in &outcome.failures {
-        let status = if *dead { DEAD } else { PENDING };
+        let status = if *dead {
+            EventStatus::Dead
+        } else {
+            EventStatus::Pending
+        };
         execute(
             db,
             "UPDATE outbox SET attempts = ?, status = ?, last_error = ?, next_attempt_at = ? \
