@@ -34,7 +34,7 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
-use crate::relay::sql::{error_chain, execute};
+use crate::sql::{error_chain, execute};
 use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::now_micros;
 

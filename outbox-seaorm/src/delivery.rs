@@ -10,12 +10,13 @@ use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, R
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
-    Statement, TransactionTrait,
+    TransactionTrait,
 };
 
 use crate::error::Error;
 use crate::outbox::Outbox;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::sql::statement;
 use crate::status::DeliveryStatus;
 use crate::time;
 use crate::write::Written;
@@ -111,14 +112,12 @@ pub(crate) async fn deliver(
     let backend = db.get_database_backend();
     let event_id = envelope.id().to_string();
     let select = |lock: &str| {
-        Statement::from_sql_and_values(
+        statement(
             backend,
-            format!(
-                "SELECT status, attempts FROM outbox_delivery WHERE event_id = {} AND handler = {}{lock}",
-                placeholder(backend, 1),
-                placeholder(backend, 2)
+            &format!(
+                "SELECT status, attempts FROM outbox_delivery WHERE event_id = ? AND handler = ?{lock}"
             ),
-            [event_id.as_str().into(), handler.id().into()],
+            vec![event_id.as_str().into(), handler.id().into()],
         )
     };
     let (txn, row) = if backend == DbBackend::Sqlite {
@@ -150,18 +149,11 @@ pub(crate) async fn deliver(
     match result {
         Ok(()) => {
             let done = txn
-                .execute_raw(Statement::from_sql_and_values(
+                .execute_raw(statement(
                     backend,
-                    format!(
-                        "UPDATE outbox_delivery SET status = {}, completed_at = {} \
-                         WHERE event_id = {} AND handler = {} AND status = {}",
-                        placeholder(backend, 1),
-                        placeholder(backend, 2),
-                        placeholder(backend, 3),
-                        placeholder(backend, 4),
-                        placeholder(backend, 5),
-                    ),
-                    [
+                    "UPDATE outbox_delivery SET status = ?, completed_at = ? \
+                     WHERE event_id = ? AND handler = ? AND status = ?",
+                    vec![
                         DeliveryStatus::Done.into(),
                         time::now_micros().into(),
                         event_id.as_str().into(),
@@ -200,20 +192,11 @@ pub(crate) async fn deliver(
             let next = now.saturating_add(
                 i64::try_from(retry.delay_after(attempt).as_micros()).unwrap_or(i64::MAX),
             );
-            db.execute_raw(Statement::from_sql_and_values(
+            db.execute_raw(statement(
                 backend,
-                format!(
-                    "UPDATE outbox_delivery SET status = {}, attempts = {}, next_attempt_at = {}, \
-                     last_error = {} WHERE event_id = {} AND handler = {} AND status = {}",
-                    placeholder(backend, 1),
-                    placeholder(backend, 2),
-                    placeholder(backend, 3),
-                    placeholder(backend, 4),
-                    placeholder(backend, 5),
-                    placeholder(backend, 6),
-                    placeholder(backend, 7),
-                ),
-                [
+                "UPDATE outbox_delivery SET status = ?, attempts = ?, next_attempt_at = ?, \
+                 last_error = ? WHERE event_id = ? AND handler = ? AND status = ?",
+                vec![
                     if dead {
                         DeliveryStatus::Dead
                     } else {
@@ -256,13 +239,6 @@ pub(crate) async fn deliver(
                 Ok(Outcome::Failed)
             }
         }
-    }
-}
-
-fn placeholder(backend: DbBackend, n: usize) -> String {
-    match backend {
-        DbBackend::Postgres => format!("${n}"),
-        _ => "?".to_owned(),
     }
 }
 
@@ -717,47 +693,44 @@ where
     let backend = txn.get_database_backend();
     // A row whose event already has one under the new key stays behind (the primary key is
     // (event_id, key)) and is deleted next.
-    let update = match backend {
-        DbBackend::MySql => format!("UPDATE IGNORE {table} SET {column} = ? WHERE {column} = ?"),
-        DbBackend::Sqlite => {
-            format!("UPDATE OR IGNORE {table} SET {column} = ? WHERE {column} = ?")
-        }
-        _ => format!(
-            "UPDATE {table} SET {column} = $1 WHERE {column} = $2 AND NOT EXISTS \
-             (SELECT 1 FROM {table} AS newer WHERE newer.event_id = {table}.event_id \
-             AND newer.{column} = $1)"
+    let (update, update_values) = match backend {
+        DbBackend::MySql => (
+            format!("UPDATE IGNORE {table} SET {column} = ? WHERE {column} = ?"),
+            vec![new.as_str().into(), old.as_str().into()],
+        ),
+        DbBackend::Sqlite => (
+            format!("UPDATE OR IGNORE {table} SET {column} = ? WHERE {column} = ?"),
+            vec![new.as_str().into(), old.as_str().into()],
+        ),
+        _ => (
+            format!(
+                "UPDATE {table} SET {column} = ? WHERE {column} = ? AND NOT EXISTS \
+                 (SELECT 1 FROM {table} AS newer WHERE newer.event_id = {table}.event_id \
+                 AND newer.{column} = ?)"
+            ),
+            vec![
+                new.as_str().into(),
+                old.as_str().into(),
+                new.as_str().into(),
+            ],
         ),
     };
-    let count = format!(
-        "SELECT COUNT(*) FROM {table} WHERE {column} = {}",
-        placeholder(backend, 1)
-    );
+    let count = format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?");
     let total: i64 = match txn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            count,
-            [old.as_str().into()],
-        ))
+        .query_one_raw(statement(backend, &count, vec![old.as_str().into()]))
         .await?
     {
         Some(row) => row.try_get_by_index(0)?,
         None => 0,
     };
     // Not its affected rows: MySQL counts the rows it matched, the ignored ones too.
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        update,
-        [new.as_str().into(), old.as_str().into()],
-    ))
-    .await?;
+    txn.execute_raw(statement(backend, &update, update_values))
+        .await?;
     let merged = txn
-        .execute_raw(Statement::from_sql_and_values(
+        .execute_raw(statement(
             backend,
-            format!(
-                "DELETE FROM {table} WHERE {column} = {}",
-                placeholder(backend, 1)
-            ),
-            [old.as_str().into()],
+            &format!("DELETE FROM {table} WHERE {column} = ?"),
+            vec![old.as_str().into()],
         ))
         .await?
         .rows_affected();

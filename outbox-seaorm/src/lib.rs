@@ -111,6 +111,7 @@ mod error;
 mod notifier;
 mod outbox;
 mod save;
+mod sql;
 mod status;
 mod uow;
 /// The save path's types under the name the delivery module imports them by.

@@ -4,7 +4,7 @@ use sea_orm::{ConnectionTrait, DbErr};
 use uuid::Uuid;
 
 use super::RelayError;
-use super::sql::{execute, query, scalar};
+use crate::sql::{execute, query, scalar};
 use crate::status::EventStatus;
 use crate::time::now_micros;
 

@@ -10,9 +10,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::sql::{error_chain, execute, placeholders, query};
 use super::{Completion, CycleReport, DeadLetterPolicy, Relay, RelayError};
 use crate::schema::SHARDS;
+use crate::sql::{error_chain, execute, placeholders, query};
 use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros};
 

@@ -15,8 +15,8 @@ use super::entity::{EntityWrite, Guard, is_mysql_duplicate, stored_version};
 use super::plan::{Plan, ROWS_PER_INSERT};
 use super::{NOTIFY_CHANNEL, Wake, metadata_json};
 use crate::error::Error;
-use crate::relay::sql::statement;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::sql::statement;
 use crate::status::{DeliveryStatus, EventStatus};
 
 /// Runs `plan` statement by statement through `conn`, which must be a transaction when more
