@@ -6,13 +6,14 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, RetryPolicy};
+use outbox_core::{DispatchJob, Envelope, EventContext, Handler, RetryPolicy};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
     TransactionTrait,
 };
 
+use crate::codec::{self, Stored, Undecodable};
 use crate::error::Error;
 use crate::outbox::Outbox;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
@@ -570,53 +571,28 @@ pub(crate) async fn load_envelope<C: ConnectionTrait>(
     event_id: &str,
 ) -> Result<Option<Envelope>, Error> {
     let select = Query::select()
-        .columns([
-            O::Id,
-            O::AggregateType,
-            O::AggregateId,
-            O::EventType,
-            O::Version,
-            O::Sequence,
-            O::Payload,
-            O::Metadata,
-            O::Topic,
-            O::OccurredAt,
-        ])
+        .columns(codec::read_columns())
         .from(O::Table)
         .and_where(Expr::col(O::Id).eq(event_id))
         .to_owned();
     let Some(row) = conn.query_one(&select).await? else {
         return Ok(None);
     };
-    let id: String = row.try_get_by_index(0)?;
-    let uuid = uuid::Uuid::parse_str(&id)
-        .map_err(|e| DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}")))?;
-    let metadata: Option<String> = row.try_get_by_index(7)?;
-    let metadata = match metadata {
-        Some(json) => {
-            serde_json::from_str::<EventMetadata>(&json).map_err(|source| Error::Row {
-                event_id: id.clone(),
-                source,
-            })?
+    let stored = Stored::read(&row, "")?;
+    let id = stored.id().to_owned();
+    match stored.envelope() {
+        Ok(envelope) => Ok(Some(envelope)),
+        Err(Undecodable::Metadata(source)) => Err(Error::Row {
+            event_id: id,
+            source,
+        }),
+        Err(Undecodable::Id(e)) => {
+            Err(DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}")).into())
         }
-        None => EventMetadata::default(),
-    };
-    let version: i32 = row.try_get_by_index(4)?;
-    Ok(Some(
-        Envelope::builder(
-            row.try_get_by_index::<String>(3)?,
-            row.try_get_by_index::<String>(1)?,
-            row.try_get_by_index::<String>(2)?,
-        )
-        .id(uuid)
-        .version(u32::try_from(version).unwrap_or(0))
-        .sequence(row.try_get_by_index(5)?)
-        .payload(row.try_get_by_index::<String>(6)?)
-        .metadata(metadata)
-        .topic(row.try_get_by_index(8)?)
-        .occurred_at(time::from_micros(row.try_get_by_index(9)?))
-        .build(),
-    ))
+        Err(Undecodable::Version(e)) => {
+            Err(DbErr::Type(format!("outbox row `{id}` has a negative version: {e}")).into())
+        }
+    }
 }
 
 /// What [`rename_handler`] did.

@@ -106,6 +106,7 @@ pub use context::{NoTransaction, TransactionExt, with_transaction};
 pub mod inbox;
 pub use inbox::{BatchItem, Inbox, InboxError, Processed};
 
+mod codec;
 mod delivery;
 mod error;
 mod notifier;

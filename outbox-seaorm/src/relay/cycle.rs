@@ -3,21 +3,18 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use outbox_core::{Envelope, EventMetadata, PublishError};
+use outbox_core::{Envelope, PublishError};
 use sea_orm::{
     AccessMode, ConnectionTrait, DbBackend, DbErr, IsolationLevel, QueryResult, TransactionTrait,
     Value,
 };
-use uuid::Uuid;
 
 use super::{Completion, CycleReport, DeadLetterPolicy, Relay, RelayError};
+use crate::codec::{self, Stored, Undecodable};
 use crate::schema::SHARDS;
 use crate::sql::{error_chain, execute, placeholders, query};
 use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros};
-
-const COLUMNS: &str = "o.position, o.id, o.aggregatetype, o.aggregateid, o.type, o.version, \
-     o.sequence, o.payload, o.metadata, o.topic, o.occurred_at, o.attempts";
 
 /// One outbox row read for publishing.
 struct Row {
@@ -33,12 +30,11 @@ struct Row {
 
 /// A stored row that does not make an envelope (hand-edited, or written by another tool).
 #[derive(Debug, thiserror::Error)]
-#[error("outbox row {position} cannot be published: {what}")]
+#[error("outbox row {position} cannot be published")]
 struct InvalidRow {
     position: i64,
-    what: &'static str,
     #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    reason: Undecodable,
 }
 
 /// The publisher answered with fewer outcomes than envelopes.
@@ -58,45 +54,13 @@ pub(crate) const POSITIONS_PER_STATEMENT: usize = 10_000;
 impl Row {
     fn read(row: &QueryResult) -> Result<Row, DbErr> {
         let position: i64 = row.try_get("", "position")?;
-        let id: String = row.try_get("", "id")?;
-        let aggregate_type: String = row.try_get("", "aggregatetype")?;
-        let aggregate_id: String = row.try_get("", "aggregateid")?;
-        let event_name: String = row.try_get("", "type")?;
-        let version: i32 = row.try_get("", "version")?;
-        let sequence: i64 = row.try_get("", "sequence")?;
-        let payload: String = row.try_get("", "payload")?;
-        let metadata: Option<String> = row.try_get("", "metadata")?;
-        let topic: Option<String> = row.try_get("", "topic")?;
-        let occurred_at: i64 = row.try_get("", "occurred_at")?;
         let attempts: i32 = row.try_get("", "attempts")?;
-
-        let invalid = |what, source: Option<Box<dyn std::error::Error + Send + Sync>>| InvalidRow {
-            position,
-            what,
-            source,
-        };
-        let envelope = (|| {
-            let id = Uuid::parse_str(&id)
-                .map_err(|e| invalid("its id is not a UUID", Some(e.into())))?;
-            let version = u32::try_from(version)
-                .map_err(|e| invalid("its version is negative", Some(e.into())))?;
-            let metadata = match metadata.as_deref() {
-                None | Some("") => EventMetadata::default(),
-                Some(json) => serde_json::from_str(json)
-                    .map_err(|e| invalid("its metadata is not valid JSON", Some(e.into())))?,
-            };
-            Ok(
-                Envelope::builder(event_name, aggregate_type.clone(), aggregate_id.clone())
-                    .id(id)
-                    .version(version)
-                    .sequence(sequence)
-                    .occurred_at(from_micros(occurred_at))
-                    .payload(payload)
-                    .metadata(metadata)
-                    .topic(topic)
-                    .build(),
-            )
-        })();
+        let stored = Stored::read(row, "")?;
+        let aggregate_type = stored.aggregate_type().to_owned();
+        let aggregate_id = stored.aggregate_id().to_owned();
+        let envelope = stored
+            .envelope()
+            .map_err(|reason| InvalidRow { position, reason });
         Ok(Row {
             position,
             aggregate_type,
@@ -145,8 +109,9 @@ fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
         ),
         None => (String::new(), String::new()),
     };
+    let columns = codec::select_list("o.");
     format!(
-        "SELECT {COLUMNS} FROM outbox o \
+        "SELECT o.position, {columns}, o.attempts FROM outbox o \
          LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
            FROM outbox WHERE {blocking}{inner} GROUP BY aggregatetype, aggregateid) blk \
          ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
