@@ -16,11 +16,11 @@ use sea_orm::{
 use crate::codec::{self, Stored, Undecodable};
 use crate::error::Error;
 use crate::outbox::Outbox;
+use crate::save::Written;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
 use crate::sql::statement;
 use crate::status::DeliveryStatus;
 use crate::time;
-use crate::write::Written;
 
 /// The longest `last_error` stored, in bytes.
 const MAX_ERROR_LEN: usize = 8 * 1024;

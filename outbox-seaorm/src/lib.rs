@@ -115,10 +115,6 @@ mod save;
 mod sql;
 mod status;
 mod uow;
-/// The save path's types under the name the delivery module imports them by.
-mod write {
-    pub(crate) use crate::save::Written;
-}
 
 pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;
