@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 
-use crate::relay::sql::{error_chain, execute};
+use crate::sql::{error_chain, execute};
+use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::now_micros;
 
 /// Why a cleanup pass failed.
@@ -211,16 +212,19 @@ async fn delete_outbox<C: ConnectionTrait>(
     cutoff: i64,
     limit: i64,
 ) -> Result<u64, DbErr> {
-    let unfinished =
-        "SELECT 1 FROM outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1";
+    let published = EventStatus::Published.value();
+    let unfinished = format!(
+        "SELECT 1 FROM outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> {}",
+        DeliveryStatus::Done.value()
+    );
     let sql = match backend {
         DbBackend::MySql => format!(
-            "DELETE FROM outbox WHERE status = 1 AND published_at < ? \
+            "DELETE FROM outbox WHERE status = {published} AND published_at < ? \
              AND NOT EXISTS ({unfinished}) ORDER BY position LIMIT ?"
         ),
         _ => format!(
             "DELETE FROM outbox WHERE position IN (SELECT position FROM outbox \
-             WHERE status = 1 AND published_at < ? AND NOT EXISTS ({unfinished}) \
+             WHERE status = {published} AND published_at < ? AND NOT EXISTS ({unfinished}) \
              ORDER BY position LIMIT ?)"
         ),
     };
@@ -233,18 +237,19 @@ async fn delete_deliveries<C: ConnectionTrait>(
     cutoff: i64,
     limit: i64,
 ) -> Result<u64, DbErr> {
+    let done = DeliveryStatus::Done.value();
     let sql = match backend {
-        DbBackend::MySql => {
-            "DELETE FROM outbox_delivery WHERE status = 1 AND completed_at < ? \
-                             ORDER BY completed_at LIMIT ?"
-        }
-        _ => {
+        DbBackend::MySql => format!(
+            "DELETE FROM outbox_delivery WHERE status = {done} AND completed_at < ? \
+             ORDER BY completed_at LIMIT ?"
+        ),
+        _ => format!(
             "DELETE FROM outbox_delivery WHERE (event_id, handler) IN \
-              (SELECT event_id, handler FROM outbox_delivery \
-               WHERE status = 1 AND completed_at < ? ORDER BY completed_at LIMIT ?)"
-        }
+             (SELECT event_id, handler FROM outbox_delivery \
+             WHERE status = {done} AND completed_at < ? ORDER BY completed_at LIMIT ?)"
+        ),
     };
-    execute(db, sql, vec![cutoff.into(), limit.into()]).await
+    execute(db, &sql, vec![cutoff.into(), limit.into()]).await
 }
 
 async fn delete_inbox<C: ConnectionTrait>(

@@ -6,25 +6,21 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use outbox_core::{DispatchJob, Envelope, EventContext, EventMetadata, Handler, RetryPolicy};
+use outbox_core::{DispatchJob, Envelope, EventContext, Handler, RetryPolicy};
 use sea_orm::sea_query::{Condition, Expr, ExprTrait, Order, Query};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, IsolationLevel,
-    Statement, TransactionTrait,
+    TransactionTrait,
 };
 
+use crate::codec::{self, Stored, Undecodable};
 use crate::error::Error;
 use crate::outbox::Outbox;
+use crate::save::Written;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::sql::statement;
+use crate::status::DeliveryStatus;
 use crate::time;
-use crate::write::Written;
-
-/// `outbox_delivery.status` of a row waiting for its handler.
-pub(crate) const PENDING: i16 = crate::status::DeliveryStatus::Pending.value();
-/// `outbox_delivery.status` of a row whose handler completed.
-pub(crate) const DONE: i16 = crate::status::DeliveryStatus::Done.value();
-/// `outbox_delivery.status` of a row given up on.
-pub(crate) const DEAD: i16 = crate::status::DeliveryStatus::Dead.value();
 
 /// The longest `last_error` stored, in bytes.
 const MAX_ERROR_LEN: usize = 8 * 1024;
@@ -92,7 +88,7 @@ pub(crate) async fn deliver_logged(
 /// On PostgreSQL and MariaDB the delivery row is locked (`SELECT .. FOR UPDATE`) for the whole
 /// run, so the immediate dispatch and the recovery worker never run one handler twice at once.
 /// On SQLite the row is checked first, outside the transaction, and the completion is recorded
-/// with `UPDATE .. WHERE status = 0`; if another run completed it meanwhile, this run's writes
+/// with `UPDATE .. WHERE status = <pending>`; if another run completed it meanwhile, this run's writes
 /// are rolled back. The transaction begins `IMMEDIATE`, as a save's does: a deferred one that
 /// reads and then writes fails at once with `SQLITE_BUSY` after another connection's commit.
 /// It holds SQLite's single write lock while the handler runs, so a handler must write through
@@ -108,14 +104,12 @@ pub(crate) async fn deliver(
     let backend = db.get_database_backend();
     let event_id = envelope.id().to_string();
     let select = |lock: &str| {
-        Statement::from_sql_and_values(
+        statement(
             backend,
-            format!(
-                "SELECT status, attempts FROM outbox_delivery WHERE event_id = {} AND handler = {}{lock}",
-                placeholder(backend, 1),
-                placeholder(backend, 2)
+            &format!(
+                "SELECT status, attempts FROM outbox_delivery WHERE event_id = ? AND handler = ?{lock}"
             ),
-            [event_id.as_str().into(), handler.id().into()],
+            vec![event_id.as_str().into(), handler.id().into()],
         )
     };
     let (txn, row) = if backend == DbBackend::Sqlite {
@@ -132,7 +126,7 @@ pub(crate) async fn deliver(
     };
     let status: i16 = row.try_get_by_index(0)?;
     let attempts: i32 = row.try_get_by_index(1)?;
-    if status != PENDING {
+    if status != DeliveryStatus::Pending.value() {
         txn.rollback().await?;
         return Ok(Outcome::Skipped);
     }
@@ -147,23 +141,16 @@ pub(crate) async fn deliver(
     match result {
         Ok(()) => {
             let done = txn
-                .execute_raw(Statement::from_sql_and_values(
+                .execute_raw(statement(
                     backend,
-                    format!(
-                        "UPDATE outbox_delivery SET status = {}, completed_at = {} \
-                         WHERE event_id = {} AND handler = {} AND status = {}",
-                        placeholder(backend, 1),
-                        placeholder(backend, 2),
-                        placeholder(backend, 3),
-                        placeholder(backend, 4),
-                        placeholder(backend, 5),
-                    ),
-                    [
-                        DONE.into(),
+                    "UPDATE outbox_delivery SET status = ?, completed_at = ? \
+                     WHERE event_id = ? AND handler = ? AND status = ?",
+                    vec![
+                        DeliveryStatus::Done.into(),
                         time::now_micros().into(),
                         event_id.as_str().into(),
                         handler.id().into(),
-                        PENDING.into(),
+                        DeliveryStatus::Pending.into(),
                     ],
                 ))
                 .await?;
@@ -197,27 +184,23 @@ pub(crate) async fn deliver(
             let next = now.saturating_add(
                 i64::try_from(retry.delay_after(attempt).as_micros()).unwrap_or(i64::MAX),
             );
-            db.execute_raw(Statement::from_sql_and_values(
+            db.execute_raw(statement(
                 backend,
-                format!(
-                    "UPDATE outbox_delivery SET status = {}, attempts = {}, next_attempt_at = {}, \
-                     last_error = {} WHERE event_id = {} AND handler = {} AND status = {}",
-                    placeholder(backend, 1),
-                    placeholder(backend, 2),
-                    placeholder(backend, 3),
-                    placeholder(backend, 4),
-                    placeholder(backend, 5),
-                    placeholder(backend, 6),
-                    placeholder(backend, 7),
-                ),
-                [
-                    if dead { DEAD } else { PENDING }.into(),
+                "UPDATE outbox_delivery SET status = ?, attempts = ?, next_attempt_at = ?, \
+                 last_error = ? WHERE event_id = ? AND handler = ? AND status = ?",
+                vec![
+                    if dead {
+                        DeliveryStatus::Dead
+                    } else {
+                        DeliveryStatus::Pending
+                    }
+                    .into(),
                     i32::try_from(attempt).unwrap_or(i32::MAX).into(),
                     next.into(),
                     message.as_str().into(),
                     event_id.as_str().into(),
                     handler.id().into(),
-                    PENDING.into(),
+                    DeliveryStatus::Pending.into(),
                 ],
             ))
             .await?;
@@ -251,13 +234,6 @@ pub(crate) async fn deliver(
     }
 }
 
-fn placeholder(backend: DbBackend, n: usize) -> String {
-    match backend {
-        DbBackend::Postgres => format!("${n}"),
-        _ => "?".to_owned(),
-    }
-}
-
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut end = max;
@@ -273,7 +249,7 @@ fn truncate(s: &mut String, max: usize) {
 /// [`outbox_core::DeferredDispatcher`].
 ///
 /// Like Spring Modulith's resubmission of incomplete event publications, but continuous. Each
-/// round claims up to `batch_size` due rows (`status = 0 AND next_attempt_at <= now`, with
+/// round claims up to `batch_size` due rows (pending, `next_attempt_at <= now`, with
 /// `FOR UPDATE SKIP LOCKED` on PostgreSQL and MariaDB so that several workers share the work),
 /// pushes their `next_attempt_at` a lease ahead so no other worker picks them up meanwhile, then
 /// runs each handler exactly as the after-commit dispatch does, recording success, a retry with
@@ -461,7 +437,7 @@ impl DeliveryWorker {
             .column(D::Handler)
             .expr(Expr::col(D::Handler).count())
             .from(D::Table)
-            .and_where(Expr::col(D::Status).eq(PENDING))
+            .and_where(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
             .and_where(Expr::col(D::Handler).is_not_in(known.iter().copied()))
             .group_by_col(D::Handler)
             .order_by(D::Handler, Order::Asc)
@@ -534,7 +510,7 @@ impl DeliveryWorker {
         let mut select = Query::select()
             .columns([D::EventId, D::Handler])
             .from(D::Table)
-            .and_where(Expr::col(D::Status).eq(PENDING))
+            .and_where(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
             .and_where(Expr::col(D::NextAttemptAt).lte(now))
             .and_where(Expr::col(D::Handler).is_in(known.iter().copied()))
             .order_by(D::NextAttemptAt, Order::Asc)
@@ -571,7 +547,7 @@ impl DeliveryWorker {
                 .value(D::NextAttemptAt, until)
                 .cond_where(
                     Condition::all()
-                        .add(Expr::col(D::Status).eq(PENDING))
+                        .add(Expr::col(D::Status).eq(DeliveryStatus::Pending.value()))
                         .add(which),
                 )
                 .to_owned();
@@ -588,53 +564,28 @@ pub(crate) async fn load_envelope<C: ConnectionTrait>(
     event_id: &str,
 ) -> Result<Option<Envelope>, Error> {
     let select = Query::select()
-        .columns([
-            O::Id,
-            O::AggregateType,
-            O::AggregateId,
-            O::EventType,
-            O::Version,
-            O::Sequence,
-            O::Payload,
-            O::Metadata,
-            O::Topic,
-            O::OccurredAt,
-        ])
+        .columns(codec::read_columns())
         .from(O::Table)
         .and_where(Expr::col(O::Id).eq(event_id))
         .to_owned();
     let Some(row) = conn.query_one(&select).await? else {
         return Ok(None);
     };
-    let id: String = row.try_get_by_index(0)?;
-    let uuid = uuid::Uuid::parse_str(&id)
-        .map_err(|e| DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}")))?;
-    let metadata: Option<String> = row.try_get_by_index(7)?;
-    let metadata = match metadata {
-        Some(json) => {
-            serde_json::from_str::<EventMetadata>(&json).map_err(|source| Error::Row {
-                event_id: id.clone(),
-                source,
-            })?
+    let stored = Stored::read(&row, "")?;
+    let id = stored.id().to_owned();
+    match stored.envelope() {
+        Ok(envelope) => Ok(Some(envelope)),
+        Err(Undecodable::Metadata(source)) => Err(Error::Row {
+            event_id: id,
+            source,
+        }),
+        Err(Undecodable::Id(e)) => {
+            Err(DbErr::Type(format!("outbox row id `{id}` is not a UUID: {e}")).into())
         }
-        None => EventMetadata::default(),
-    };
-    let version: i32 = row.try_get_by_index(4)?;
-    Ok(Some(
-        Envelope::builder(
-            row.try_get_by_index::<String>(3)?,
-            row.try_get_by_index::<String>(1)?,
-            row.try_get_by_index::<String>(2)?,
-        )
-        .id(uuid)
-        .version(u32::try_from(version).unwrap_or(0))
-        .sequence(row.try_get_by_index(5)?)
-        .payload(row.try_get_by_index::<String>(6)?)
-        .metadata(metadata)
-        .topic(row.try_get_by_index(8)?)
-        .occurred_at(time::from_micros(row.try_get_by_index(9)?))
-        .build(),
-    ))
+        Err(Undecodable::Version(e)) => {
+            Err(DbErr::Type(format!("outbox row `{id}` has a negative version: {e}")).into())
+        }
+    }
 }
 
 /// What [`rename_handler`] did.
@@ -711,47 +662,44 @@ where
     let backend = txn.get_database_backend();
     // A row whose event already has one under the new key stays behind (the primary key is
     // (event_id, key)) and is deleted next.
-    let update = match backend {
-        DbBackend::MySql => format!("UPDATE IGNORE {table} SET {column} = ? WHERE {column} = ?"),
-        DbBackend::Sqlite => {
-            format!("UPDATE OR IGNORE {table} SET {column} = ? WHERE {column} = ?")
-        }
-        _ => format!(
-            "UPDATE {table} SET {column} = $1 WHERE {column} = $2 AND NOT EXISTS \
-             (SELECT 1 FROM {table} AS newer WHERE newer.event_id = {table}.event_id \
-             AND newer.{column} = $1)"
+    let (update, update_values) = match backend {
+        DbBackend::MySql => (
+            format!("UPDATE IGNORE {table} SET {column} = ? WHERE {column} = ?"),
+            vec![new.as_str().into(), old.as_str().into()],
+        ),
+        DbBackend::Sqlite => (
+            format!("UPDATE OR IGNORE {table} SET {column} = ? WHERE {column} = ?"),
+            vec![new.as_str().into(), old.as_str().into()],
+        ),
+        _ => (
+            format!(
+                "UPDATE {table} SET {column} = ? WHERE {column} = ? AND NOT EXISTS \
+                 (SELECT 1 FROM {table} AS newer WHERE newer.event_id = {table}.event_id \
+                 AND newer.{column} = ?)"
+            ),
+            vec![
+                new.as_str().into(),
+                old.as_str().into(),
+                new.as_str().into(),
+            ],
         ),
     };
-    let count = format!(
-        "SELECT COUNT(*) FROM {table} WHERE {column} = {}",
-        placeholder(backend, 1)
-    );
+    let count = format!("SELECT COUNT(*) FROM {table} WHERE {column} = ?");
     let total: i64 = match txn
-        .query_one_raw(Statement::from_sql_and_values(
-            backend,
-            count,
-            [old.as_str().into()],
-        ))
+        .query_one_raw(statement(backend, &count, vec![old.as_str().into()]))
         .await?
     {
         Some(row) => row.try_get_by_index(0)?,
         None => 0,
     };
     // Not its affected rows: MySQL counts the rows it matched, the ignored ones too.
-    txn.execute_raw(Statement::from_sql_and_values(
-        backend,
-        update,
-        [new.as_str().into(), old.as_str().into()],
-    ))
-    .await?;
+    txn.execute_raw(statement(backend, &update, update_values))
+        .await?;
     let merged = txn
-        .execute_raw(Statement::from_sql_and_values(
+        .execute_raw(statement(
             backend,
-            format!(
-                "DELETE FROM {table} WHERE {column} = {}",
-                placeholder(backend, 1)
-            ),
-            [old.as_str().into()],
+            &format!("DELETE FROM {table} WHERE {column} = ?"),
+            vec![old.as_str().into()],
         ))
         .await?
         .rows_affected();

@@ -261,7 +261,7 @@ async fn apply_batch(
         values.push(items[k].consumer.into());
         values.push(now.into());
     }
-    let inserted = crate::relay::sql::query(txn, &sql, values)
+    let inserted = crate::sql::query(txn, &sql, values)
         .await
         .map_err(InboxError::Database)?;
     let mut fresh: HashSet<(String, String)> = HashSet::with_capacity(inserted.len());
@@ -296,18 +296,14 @@ fn insert_statement(backend: DbBackend, event_id: &str, consumer: &str) -> State
         DbBackend::MySql => {
             "INSERT IGNORE INTO outbox_inbox (event_id, consumer, processed_at) VALUES (?, ?, ?)"
         }
-        DbBackend::Postgres => {
-            "INSERT INTO outbox_inbox (event_id, consumer, processed_at) VALUES ($1, $2, $3) \
-             ON CONFLICT DO NOTHING"
-        }
         _ => {
             "INSERT INTO outbox_inbox (event_id, consumer, processed_at) VALUES (?, ?, ?) \
              ON CONFLICT DO NOTHING"
         }
     };
-    Statement::from_sql_and_values(
+    crate::sql::statement(
         backend,
         sql,
-        [event_id.into(), consumer.into(), now_micros().into()],
+        vec![event_id.into(), consumer.into(), now_micros().into()],
     )
 }

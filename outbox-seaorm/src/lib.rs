@@ -106,17 +106,15 @@ pub use context::{NoTransaction, TransactionExt, with_transaction};
 pub mod inbox;
 pub use inbox::{BatchItem, Inbox, InboxError, Processed};
 
+mod codec;
 mod delivery;
 mod error;
 mod notifier;
 mod outbox;
 mod save;
+mod sql;
 mod status;
 mod uow;
-/// The save path's types under the name the delivery module imports them by.
-mod write {
-    pub(crate) use crate::save::Written;
-}
 
 pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;

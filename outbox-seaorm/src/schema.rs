@@ -24,6 +24,8 @@ use sea_orm::{ConnectionTrait, DbErr};
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::{MigrationName, MigrationTrait, MigratorTrait, SchemaManager};
 
+use crate::status::{DeliveryStatus, EventStatus};
+
 /// How many shards the relay spreads aggregates over. Fixed: a row's shard is stored with it.
 pub const SHARDS: i16 = 64;
 
@@ -61,7 +63,8 @@ pub enum Outbox {
     OccurredAt,
     /// When the row was written.
     CreatedAt,
-    /// 0 pending, 1 published, 2 dead.
+    /// Where the event stands with the relay: pending, published or dead (the crate's
+    /// `status::EventStatus` holds the stored values).
     Status,
     /// Failed publish attempts.
     Attempts,
@@ -125,7 +128,8 @@ pub enum OutboxDelivery {
     EventId,
     /// Handler id.
     Handler,
-    /// 0 pending, 1 done, 2 dead.
+    /// Where the (event, handler) pair stands: pending, done or dead (the crate's
+    /// `status::DeliveryStatus` holds the stored values).
     Status,
     /// Failed attempts.
     Attempts,
@@ -201,7 +205,7 @@ impl MigrationTrait for CreateOutboxTables {
                         ColumnDef::new(Outbox::Status)
                             .small_integer()
                             .not_null()
-                            .default(0),
+                            .default(EventStatus::Pending.value()),
                     )
                     .col(
                         ColumnDef::new(Outbox::Attempts)
@@ -329,7 +333,7 @@ impl MigrationTrait for CreateOutboxTables {
                         ColumnDef::new(OutboxDelivery::Status)
                             .small_integer()
                             .not_null()
-                            .default(0),
+                            .default(DeliveryStatus::Pending.value()),
                     )
                     .col(
                         ColumnDef::new(OutboxDelivery::Attempts)

@@ -4,7 +4,8 @@ use sea_orm::{ConnectionTrait, DbErr};
 use uuid::Uuid;
 
 use super::RelayError;
-use super::sql::{execute, query, scalar};
+use crate::sql::{execute, query, scalar};
+use crate::status::EventStatus;
 use crate::time::now_micros;
 
 /// How many events wait to be published (status pending, due or not).
@@ -21,7 +22,11 @@ use crate::time::now_micros;
 /// # Errors
 /// [`RelayError::Database`] when the query fails.
 pub async fn pending_count<C: ConnectionTrait>(db: &C) -> Result<u64, RelayError> {
-    let n = scalar(db, "SELECT COUNT(*) FROM outbox WHERE status = 0", vec![]).await?;
+    let sql = format!(
+        "SELECT COUNT(*) FROM outbox WHERE status = {}",
+        EventStatus::Pending.value()
+    );
+    let n = scalar(db, &sql, vec![]).await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -30,7 +35,11 @@ pub async fn pending_count<C: ConnectionTrait>(db: &C) -> Result<u64, RelayError
 /// # Errors
 /// [`RelayError::Database`] when the query fails.
 pub async fn dead_count<C: ConnectionTrait>(db: &C) -> Result<u64, RelayError> {
-    let n = scalar(db, "SELECT COUNT(*) FROM outbox WHERE status = 2", vec![]).await?;
+    let sql = format!(
+        "SELECT COUNT(*) FROM outbox WHERE status = {}",
+        EventStatus::Dead.value()
+    );
+    let n = scalar(db, &sql, vec![]).await?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
@@ -45,9 +54,14 @@ pub async fn dead_count<C: ConnectionTrait>(db: &C) -> Result<u64, RelayError> {
 pub async fn requeue_dead<C: ConnectionTrait>(db: &C, event_id: Uuid) -> Result<bool, RelayError> {
     let changed = execute(
         db,
-        "UPDATE outbox SET status = 0, attempts = 0, next_attempt_at = ? \
-         WHERE id = ? AND status = 2",
-        vec![now_micros().into(), event_id.to_string().into()],
+        "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ? \
+         WHERE id = ? AND status = ?",
+        vec![
+            EventStatus::Pending.into(),
+            now_micros().into(),
+            event_id.to_string().into(),
+            EventStatus::Dead.into(),
+        ],
     )
     .await?;
     Ok(changed > 0)
@@ -55,12 +69,11 @@ pub async fn requeue_dead<C: ConnectionTrait>(db: &C, event_id: Uuid) -> Result<
 
 /// Pending count and the oldest pending row's `created_at`.
 pub(super) async fn pending_stats<C: ConnectionTrait>(db: &C) -> Result<(i64, Option<i64>), DbErr> {
-    let rows = query(
-        db,
-        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE status = 0",
-        vec![],
-    )
-    .await?;
+    let sql = format!(
+        "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE status = {}",
+        EventStatus::Pending.value()
+    );
+    let rows = query(db, &sql, vec![]).await?;
     match rows.first() {
         Some(row) => Ok((
             row.try_get_by_index::<Option<i64>>(0)?.unwrap_or(0),

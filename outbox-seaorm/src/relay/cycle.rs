@@ -3,25 +3,18 @@
 use std::collections::HashSet;
 use std::fmt;
 
-use outbox_core::{Envelope, EventMetadata, PublishError};
+use outbox_core::{Envelope, PublishError};
 use sea_orm::{
     AccessMode, ConnectionTrait, DbBackend, DbErr, IsolationLevel, QueryResult, TransactionTrait,
     Value,
 };
-use uuid::Uuid;
 
-use super::sql::{error_chain, execute, placeholders, query};
 use super::{Completion, CycleReport, DeadLetterPolicy, Relay, RelayError};
+use crate::codec::{self, Stored, Undecodable};
 use crate::schema::SHARDS;
+use crate::sql::{error_chain, execute, placeholders, query};
+use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros};
-
-/// Status values of `outbox.status`.
-pub(crate) const PENDING: i16 = crate::status::EventStatus::Pending.value();
-pub(crate) const PUBLISHED: i16 = crate::status::EventStatus::Published.value();
-pub(crate) const DEAD: i16 = crate::status::EventStatus::Dead.value();
-
-const COLUMNS: &str = "o.position, o.id, o.aggregatetype, o.aggregateid, o.type, o.version, \
-     o.sequence, o.payload, o.metadata, o.topic, o.occurred_at, o.attempts";
 
 /// One outbox row read for publishing.
 struct Row {
@@ -37,12 +30,11 @@ struct Row {
 
 /// A stored row that does not make an envelope (hand-edited, or written by another tool).
 #[derive(Debug, thiserror::Error)]
-#[error("outbox row {position} cannot be published: {what}")]
+#[error("outbox row {position} cannot be published")]
 struct InvalidRow {
     position: i64,
-    what: &'static str,
     #[source]
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    reason: Undecodable,
 }
 
 /// The publisher answered with fewer outcomes than envelopes.
@@ -62,45 +54,13 @@ pub(crate) const POSITIONS_PER_STATEMENT: usize = 10_000;
 impl Row {
     fn read(row: &QueryResult) -> Result<Row, DbErr> {
         let position: i64 = row.try_get("", "position")?;
-        let id: String = row.try_get("", "id")?;
-        let aggregate_type: String = row.try_get("", "aggregatetype")?;
-        let aggregate_id: String = row.try_get("", "aggregateid")?;
-        let event_name: String = row.try_get("", "type")?;
-        let version: i32 = row.try_get("", "version")?;
-        let sequence: i64 = row.try_get("", "sequence")?;
-        let payload: String = row.try_get("", "payload")?;
-        let metadata: Option<String> = row.try_get("", "metadata")?;
-        let topic: Option<String> = row.try_get("", "topic")?;
-        let occurred_at: i64 = row.try_get("", "occurred_at")?;
         let attempts: i32 = row.try_get("", "attempts")?;
-
-        let invalid = |what, source: Option<Box<dyn std::error::Error + Send + Sync>>| InvalidRow {
-            position,
-            what,
-            source,
-        };
-        let envelope = (|| {
-            let id = Uuid::parse_str(&id)
-                .map_err(|e| invalid("its id is not a UUID", Some(e.into())))?;
-            let version = u32::try_from(version)
-                .map_err(|e| invalid("its version is negative", Some(e.into())))?;
-            let metadata = match metadata.as_deref() {
-                None | Some("") => EventMetadata::default(),
-                Some(json) => serde_json::from_str(json)
-                    .map_err(|e| invalid("its metadata is not valid JSON", Some(e.into())))?,
-            };
-            Ok(
-                Envelope::builder(event_name, aggregate_type.clone(), aggregate_id.clone())
-                    .id(id)
-                    .version(version)
-                    .sequence(sequence)
-                    .occurred_at(from_micros(occurred_at))
-                    .payload(payload)
-                    .metadata(metadata)
-                    .topic(topic)
-                    .build(),
-            )
-        })();
+        let stored = Stored::read(row, "")?;
+        let aggregate_type = stored.aggregate_type().to_owned();
+        let aggregate_id = stored.aggregate_id().to_owned();
+        let envelope = stored
+            .envelope()
+            .map_err(|reason| InvalidRow { position, reason });
         Ok(Row {
             position,
             aggregate_type,
@@ -133,9 +93,14 @@ impl fmt::Debug for Row {
 /// dead ones, few in normal operation), joined to the pending rows; so the cost stays linear in
 /// the pending rows of the claimed shards, however many published rows an aggregate has.
 fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
+    // Literals, not parameters: the planner sees the status it filters on.
+    let pending = EventStatus::Pending.value();
+    let dead = EventStatus::Dead.value();
     let blocking = match policy {
-        DeadLetterPolicy::Skip => "status = 0 AND next_attempt_at > ?",
-        DeadLetterPolicy::Block => "(status = 2 OR (status = 0 AND next_attempt_at > ?))",
+        DeadLetterPolicy::Skip => format!("status = {pending} AND next_attempt_at > ?"),
+        DeadLetterPolicy::Block => {
+            format!("(status = {dead} OR (status = {pending} AND next_attempt_at > ?))")
+        }
     };
     let (inner, outer) = match shards {
         Some(n) => (
@@ -144,12 +109,13 @@ fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
         ),
         None => (String::new(), String::new()),
     };
+    let columns = codec::select_list("o.");
     format!(
-        "SELECT {COLUMNS} FROM outbox o \
+        "SELECT o.position, {columns}, o.attempts FROM outbox o \
          LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
            FROM outbox WHERE {blocking}{inner} GROUP BY aggregatetype, aggregateid) blk \
          ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
-         WHERE o.status = 0 AND o.next_attempt_at <= ?{outer} \
+         WHERE o.status = {pending} AND o.next_attempt_at <= ?{outer} \
          AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
          ORDER BY o.shard, o.position LIMIT ?"
     )
@@ -209,17 +175,17 @@ async fn claim_shards<C: ConnectionTrait>(
     now: i64,
     limit: usize,
 ) -> Result<Vec<i16>, DbErr> {
-    let mut candidates: Vec<i16> = query(
-        db,
-        // One index probe per shard (`ix_outbox_claim`), however large the backlog; no locks.
+    // One index probe per shard (`ix_outbox_claim`), however large the backlog; no locks.
+    let sql = format!(
         "SELECT s.shard FROM outbox_shard s WHERE EXISTS (SELECT 1 FROM outbox o \
-         WHERE o.status = 0 AND o.shard = s.shard AND o.next_attempt_at <= ?)",
-        vec![now.into()],
-    )
-    .await?
-    .iter()
-    .map(|row| row.try_get::<i16>("", "shard"))
-    .collect::<Result<_, _>>()?;
+         WHERE o.status = {} AND o.shard = s.shard AND o.next_attempt_at <= ?)",
+        EventStatus::Pending.value()
+    );
+    let mut candidates: Vec<i16> = query(db, &sql, vec![now.into()])
+        .await?
+        .iter()
+        .map(|row| row.try_get::<i16>("", "shard"))
+        .collect::<Result<_, _>>()?;
     candidates.sort_unstable();
     let start = fastrand::i16(0..SHARDS);
     let (low, high): (Vec<i16>, Vec<i16>) = candidates.iter().partition(|s| **s < start);
@@ -345,8 +311,9 @@ async fn record<C: ConnectionTrait>(
             // worker reads the event back from it. `Cleanup` removes it later.
             let sql = format!(
                 "DELETE FROM outbox WHERE position IN ({}) AND NOT EXISTS (SELECT 1 FROM \
-                 outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> 1)",
-                placeholders(published.len())
+                 outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> {})",
+                placeholders(published.len()),
+                DeliveryStatus::Done.value()
             );
             let values: Vec<Value> = published.iter().map(|p| Value::from(*p)).collect();
             let deleted = execute(db, &sql, values).await?;
@@ -354,7 +321,8 @@ async fn record<C: ConnectionTrait>(
         }
         if mark {
             let sql = format!(
-                "UPDATE outbox SET status = {PUBLISHED}, published_at = ? WHERE position IN ({})",
+                "UPDATE outbox SET status = {}, published_at = ? WHERE position IN ({})",
+                EventStatus::Published.value(),
                 placeholders(published.len())
             );
             let mut values: Vec<Value> = vec![now.into()];
@@ -363,7 +331,11 @@ async fn record<C: ConnectionTrait>(
         }
     }
     for (position, attempts, dead, error, next) in &outcome.failures {
-        let status = if *dead { DEAD } else { PENDING };
+        let status = if *dead {
+            EventStatus::Dead
+        } else {
+            EventStatus::Pending
+        };
         execute(
             db,
             "UPDATE outbox SET attempts = ?, status = ?, last_error = ?, next_attempt_at = ? \

@@ -68,7 +68,6 @@
 
 mod admin;
 mod cycle;
-pub(crate) mod sql;
 mod wake;
 
 use std::future::Future;
@@ -557,7 +556,7 @@ impl Relay {
                     stats.errors += 1;
                     tracing::warn!(
                         instance = %self.config.instance_id,
-                        error = %sql::error_chain(&error),
+                        error = %crate::sql::error_chain(&error),
                         backoff_ms = error_backoff.as_millis() as u64,
                         "outbox relay cycle failed; retrying"
                     );
@@ -592,7 +591,7 @@ impl Relay {
                 metrics::gauge!("outbox_oldest_pending_age_seconds").set(age);
             }
             Err(error) => {
-                tracing::debug!(error = %sql::error_chain(&error), "refreshing outbox gauges failed");
+                tracing::debug!(error = %crate::sql::error_chain(&error), "refreshing outbox gauges failed");
             }
         }
     }

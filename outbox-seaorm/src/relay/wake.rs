@@ -9,7 +9,7 @@ use sea_orm::sqlx::postgres::{PgListener, PgPool};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::sql::error_chain;
+use crate::sql::error_chain;
 
 /// A background task that holds one pooled connection in `LISTEN outbox` and wakes the relay
 /// on every notification. It reconnects (with backoff) when the connection is lost, and wakes

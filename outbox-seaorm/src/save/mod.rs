@@ -308,16 +308,3 @@ pub(crate) async fn execute<C: ConnectionTrait>(
         handlers: plan.handlers,
     })
 }
-
-/// The metadata column of `e`: `NULL` when it has none, else its JSON.
-fn metadata_json(e: &Envelope) -> Result<Option<String>, Error> {
-    if e.metadata().is_empty() {
-        return Ok(None);
-    }
-    serde_json::to_string(e.metadata())
-        .map(Some)
-        .map_err(|source| Error::Row {
-            event_id: e.id().to_string(),
-            source,
-        })
-}

@@ -21,12 +21,15 @@
 
 use std::fmt::Write as _;
 
+use sea_orm::sea_query::Iden;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
 use super::entity::EntityWrite;
 use super::plan::Plan;
-use super::{NOTIFY_CHANNEL, Wake, metadata_json};
+use super::{NOTIFY_CHANNEL, Wake};
+use crate::codec;
 use crate::error::Error;
+use crate::schema::Outbox as O;
 use crate::status::{DeliveryStatus, EventStatus};
 
 /// Runs `plan` as one statement. Returns the aggregate's new last sequence number, or `None`
@@ -105,51 +108,52 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
             );
         }
     }
+    // The envelope's columns from the codec: the aggregate's are bound once for all events, the
+    // sequence is counted from `s`, the others come from each event's row of the VALUES list
+    // `v(k, ...)`, `k` numbering the events from 1.
+    let columns = codec::columns();
+    let types = codec::pg_types();
+    let per_event = |column: &O| !matches!(column, O::AggregateType | O::AggregateId | O::Sequence);
+    let names = columns.map(|c| c.unquoted().to_owned()).join(", ");
+    let selected = columns
+        .iter()
+        .zip(types)
+        .map(|(column, ty)| match column {
+            O::AggregateType => format!("${p1}::{ty}"),
+            O::AggregateId => format!("${p2}::{ty}"),
+            O::Sequence => format!("s.last_sequence - ${p3}::{ty} + v.k"),
+            other => format!("v.{}", other.unquoted()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
     let pending = EventStatus::Pending.value();
     let _ = write!(
         sql,
         "o AS (\
-         INSERT INTO outbox (id, aggregatetype, aggregateid, type, version, sequence, payload, \
-         metadata, topic, shard, occurred_at, created_at, status, attempts, next_attempt_at) \
-         SELECT v.id, ${p1}::varchar, ${p2}::varchar, v.type, v.version, \
-         s.last_sequence - ${p3}::bigint + v.k, v.payload, v.metadata, v.topic, v.shard, \
-         v.occurred_at, ${p4}::bigint, {pending}, 0, ${p4}::bigint \
+         INSERT INTO outbox ({names}, created_at, status, attempts, next_attempt_at) \
+         SELECT {selected}, ${p4}::bigint, {pending}, 0, ${p4}::bigint \
          FROM s CROSS JOIN (VALUES ",
     );
     for (k, e) in plan.envelopes.iter().enumerate() {
-        let n = values.len();
         if k > 0 {
             sql.push_str(", ");
         }
-        let _ = write!(
-            sql,
-            "({}::bigint, ${}::varchar, ${}::varchar, ${}::integer, ${}::text, ${}::text, \
-             ${}::varchar, ${}::smallint, ${}::bigint)",
-            k + 1,
-            n + 1,
-            n + 2,
-            n + 3,
-            n + 4,
-            n + 5,
-            n + 6,
-            n + 7,
-            n + 8,
-        );
-        values.extend([
-            e.id().to_string().into(),
-            e.event_name().into(),
-            i32::try_from(e.event_version()).unwrap_or(i32::MAX).into(),
-            e.payload().into(),
-            metadata_json(e)?.into(),
-            e.topic().map(str::to_owned).into(),
-            crate::shard_of(e.aggregate_type(), e.aggregate_id()).into(),
-            crate::time::to_micros(e.occurred_at()).into(),
-        ]);
+        let _ = write!(sql, "({}::bigint", k + 1);
+        for ((column, ty), value) in columns.iter().zip(types).zip(codec::values(e)?) {
+            if per_event(column) {
+                values.push(value);
+                let _ = write!(sql, ", ${}::{ty}", values.len());
+            }
+        }
+        sql.push(')');
     }
-    sql.push_str(
-        ") AS v(k, id, type, version, payload, metadata, topic, shard, occurred_at) \
-         ORDER BY v.k)",
-    );
+    let aliases = columns
+        .iter()
+        .filter(|c| per_event(c))
+        .map(|c| c.unquoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = write!(sql, ") AS v(k, {aliases}) ORDER BY v.k)");
     let mut first_delivery = true;
     for (e, hs) in plan.envelopes.iter().zip(&plan.handlers) {
         for h in hs {

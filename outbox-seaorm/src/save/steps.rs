@@ -13,10 +13,11 @@ use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
 use super::entity::{EntityWrite, Guard, is_mysql_duplicate, stored_version};
 use super::plan::{Plan, ROWS_PER_INSERT};
-use super::{NOTIFY_CHANNEL, Wake, metadata_json};
+use super::{NOTIFY_CHANNEL, Wake};
+use crate::codec;
 use crate::error::Error;
-use crate::relay::sql::statement;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
+use crate::sql::statement;
 use crate::status::{DeliveryStatus, EventStatus};
 
 /// Runs `plan` statement by statement through `conn`, which must be a transaction when more
@@ -219,43 +220,21 @@ async fn insert_outbox_rows<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result
     for chunk in plan.envelopes.chunks(ROWS_PER_INSERT) {
         let mut insert = Query::insert()
             .into_table(O::Table)
-            .columns([
-                O::Id,
-                O::AggregateType,
-                O::AggregateId,
-                O::EventType,
-                O::Version,
-                O::Sequence,
-                O::Payload,
-                O::Metadata,
-                O::Topic,
-                O::Shard,
-                O::OccurredAt,
+            .columns(codec::columns().into_iter().chain([
                 O::CreatedAt,
                 O::Status,
                 O::Attempts,
                 O::NextAttemptAt,
-            ])
+            ]))
             .to_owned();
         for e in chunk {
-            let metadata = metadata_json(e)?;
-            insert.values_panic([
-                Expr::val(e.id().to_string()),
-                Expr::val(e.aggregate_type()),
-                Expr::val(e.aggregate_id()),
-                Expr::val(e.event_name()),
-                Expr::val(i32::try_from(e.event_version()).unwrap_or(i32::MAX)),
-                Expr::val(e.sequence()),
-                Expr::val(e.payload()),
-                Expr::val(metadata),
-                Expr::val(e.topic().map(str::to_owned)),
-                Expr::val(crate::shard_of(e.aggregate_type(), e.aggregate_id())),
-                Expr::val(crate::time::to_micros(e.occurred_at())),
+            // As many values as columns, by the codec's array lengths: this cannot panic.
+            insert.values_panic(codec::values(e)?.into_iter().map(Expr::val).chain([
                 Expr::val(plan.now),
-                Expr::val(EventStatus::Pending.value()),
+                Expr::val(EventStatus::Pending),
                 Expr::val(0i32),
                 Expr::val(plan.now),
-            ]);
+            ]));
         }
         conn.execute(&insert).await?;
     }

@@ -1,4 +1,5 @@
-//! SQL helpers shared by the relay, its admin functions and cleanup.
+//! Raw SQL helpers shared by the save path, the delivery worker, the inbox, the relay, its admin
+//! functions and cleanup: SQL is written with `?` placeholders, numbered on PostgreSQL.
 
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, QueryResult, Statement, Value};
 
