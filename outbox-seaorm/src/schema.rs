@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `outbox` | one row per event: `id`, `aggregatetype`, `aggregateid`, `type`, `payload` (the columns Debezium's outbox event router reads by default), plus order, routing and delivery state |
 //! | `outbox_sequence` | the last sequence number of each aggregate; its row lock orders concurrent saves of one aggregate |
-//! | `outbox_version_offset` | per versioned aggregate that ever saved without an event, how many of its versions carried none: its events' sequence is the version minus that |
+//! | `outbox_version_offset` | per versioned aggregate whose version and event sequence differ, by how much (a save without events moves the version only; a delete records where the sequence stopped) |
 //! | `outbox_shard` | one row per relay shard; a relay holds a shard's row lock while it publishes the shard's events |
 //! | `outbox_delivery` | one row per (event, in-process handler): the durable after-commit handler registry |
 //! | `outbox_inbox` | one row per (event, consumer) applied: consumers' idempotency |
@@ -102,8 +102,10 @@ pub enum OutboxVersionOffset {
     /// Aggregate id.
     #[sea_orm(iden = "aggregateid")]
     AggregateId,
-    /// How many versions of the aggregate were saved without an event.
-    EventlessVersions,
+    /// The aggregate's version minus its last event's sequence: each save without events adds
+    /// one; a delete sets it to minus the last sequence, so a new aggregate under the same id
+    /// goes on numbering from there.
+    VersionMinusSequence,
 }
 
 /// Table and column names.
@@ -495,9 +497,10 @@ impl MigrationTrait for LongTextColumns {
 /// Adds `outbox_version_offset`, for versioned aggregates (migration
 /// `outbox_m0003_version_offset`).
 ///
-/// A versioned aggregate's version moves by one per event, and by one for a save without
-/// events; its events' sequence numbers must have no gap, so such saves are counted here and
-/// subtracted. An aggregate that always saves with events never gets a row.
+/// A versioned aggregate's events are numbered from its version, which moves by one per event
+/// and by one for a save without events; so that the events' sequence has no gap, the
+/// difference is kept here and subtracted. An aggregate that always saves with events never gets
+/// a row.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CreateVersionOffset;
 
@@ -517,7 +520,7 @@ impl MigrationTrait for CreateVersionOffset {
                     .if_not_exists()
                     .col(name(OutboxVersionOffset::AggregateType))
                     .col(name(OutboxVersionOffset::AggregateId))
-                    .col(big(OutboxVersionOffset::EventlessVersions))
+                    .col(big(OutboxVersionOffset::VersionMinusSequence))
                     .primary_key(
                         Index::create()
                             .col(OutboxVersionOffset::AggregateType)

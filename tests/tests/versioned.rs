@@ -345,6 +345,30 @@ async fn delete_at_the_loaded_version(t: TestDb) {
     assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
 }
 
+/// Deleted (with an event) and created again under the same id: the new aggregate starts at
+/// version 0 and its events go on from the old last sequence, never again from 1.
+async fn created_again_after_delete_continues_the_sequence(t: TestDb) {
+    let outbox = setup(&t).await;
+    let mut account = account::Model::open("a-8", 100);
+    account.deposit(1);
+    outbox.save(&mut account).await.expect("open");
+    account.balance = 0; // a save without events: version 3, sequence still 2
+    outbox.save(&mut account).await.expect("quiet");
+    account.register_event(MoneyDeposited { amount: -101 });
+    outbox
+        .delete(&mut account)
+        .await
+        .expect("delete with an event");
+    let mut reopened = account::Model::open("a-8", 7);
+    reopened.deposit(3);
+    outbox.save(&mut reopened).await.expect("created again");
+    assert_eq!(reopened.version, 2, "a new aggregate: versions from 0");
+    reopened.deposit(4);
+    outbox.save(&mut reopened).await.expect("and changed");
+    let sequences: Vec<i64> = outbox_rows(&t, "a-8").await.iter().map(|r| r.0).collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6], "no sequence used twice");
+}
+
 /// Eight tasks deposit into one account concurrently, reloading and retrying on conflict: the
 /// balance equals the sum of the published events, whose sequences are 1..n without gap or
 /// duplicate.
@@ -431,5 +455,6 @@ db_tests!(
     saves_without_events_leave_no_gap,
     unit_of_work_and_caller_transaction,
     delete_at_the_loaded_version,
+    created_again_after_delete_continues_the_sequence,
     concurrent_increments_add_up,
 );

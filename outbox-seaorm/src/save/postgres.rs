@@ -102,7 +102,7 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
                 sql,
                 "s AS (\
                  SELECT ${p6}::bigint + ${p3}::bigint - COALESCE((\
-                 SELECT v.eventless_versions FROM outbox_version_offset v \
+                 SELECT v.version_minus_sequence FROM outbox_version_offset v \
                  WHERE v.aggregatetype = ${p1}::varchar AND v.aggregateid = ${p2}::varchar\
                  ), 0) AS last_sequence FROM e), "
             );

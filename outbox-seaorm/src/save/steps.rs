@@ -26,8 +26,10 @@ pub(crate) async fn run<C: ConnectionTrait>(conn: &C, plan: &mut Plan) -> Result
     write_entity(conn, plan).await?;
     if plan.envelopes.is_empty() {
         if plan.version.is_some() && plan.entity.moves_version() {
-            count_eventless_version(conn, plan.aggregate_type, &plan.aggregate_id).await?;
+            // The version moves, the sequence does not.
+            shift_offset(conn, plan.aggregate_type, &plan.aggregate_id, 1).await?;
         }
+        forget_deleted(conn, plan).await?;
         return Ok(());
     }
     let count = plan.count();
@@ -37,11 +39,12 @@ pub(crate) async fn run<C: ConnectionTrait>(conn: &C, plan: &mut Plan) -> Result
         }
         Some(version) => {
             version.loaded
-                - eventless_versions(conn, plan.aggregate_type, &plan.aggregate_id).await?
+                - version_minus_sequence(conn, plan.aggregate_type, &plan.aggregate_id).await?
                 + 1
         }
     };
     plan.sequenced(first);
+    forget_deleted(conn, plan).await?;
     insert_outbox_rows(conn, plan).await?;
     insert_delivery_rows(conn, &plan.envelopes, &plan.handlers, plan.now, plan.due).await?;
     if conn.get_database_backend() == DbBackend::Postgres && plan.wake == Wake::InTransaction {
@@ -171,7 +174,7 @@ async fn bump_sequence<C: ConnectionTrait>(
 }
 
 /// How many versions of a versioned aggregate carried no event (0 when it has no row).
-async fn eventless_versions<C: ConnectionTrait>(
+async fn version_minus_sequence<C: ConnectionTrait>(
     conn: &C,
     aggregate_type: &str,
     aggregate_id: &str,
@@ -179,7 +182,7 @@ async fn eventless_versions<C: ConnectionTrait>(
     let row = conn
         .query_one_raw(statement(
             conn.get_database_backend(),
-            "SELECT eventless_versions FROM outbox_version_offset \
+            "SELECT version_minus_sequence FROM outbox_version_offset \
              WHERE aggregatetype = ? AND aggregateid = ?",
             vec![aggregate_type.into(), aggregate_id.into()],
         ))
@@ -190,27 +193,45 @@ async fn eventless_versions<C: ConnectionTrait>(
     }
 }
 
-/// Counts one more version without events.
-async fn count_eventless_version<C: ConnectionTrait>(
+/// After a versioned delete: the offset becomes minus the last sequence, so an aggregate created
+/// again under the same id (from version 0) numbers its events on from there, never again from 1.
+async fn forget_deleted<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result<(), Error> {
+    if let (
+        EntityWrite::Guarded {
+            kind: Guard::Delete,
+            ..
+        },
+        Some(version),
+    ) = (&plan.entity, plan.version)
+    {
+        let shift = -(version.loaded.saturating_add(plan.count()));
+        shift_offset(conn, plan.aggregate_type, &plan.aggregate_id, shift).await?;
+    }
+    Ok(())
+}
+
+/// Adds `delta` to the aggregate's version minus sequence.
+async fn shift_offset<C: ConnectionTrait>(
     conn: &C,
     aggregate_type: &str,
     aggregate_id: &str,
+    delta: i64,
 ) -> Result<(), Error> {
     let backend = conn.get_database_backend();
     let sql = if backend == DbBackend::MySql {
-        "INSERT INTO outbox_version_offset (aggregatetype, aggregateid, eventless_versions) \
-         VALUES (?, ?, 1) \
-         ON DUPLICATE KEY UPDATE eventless_versions = eventless_versions + 1"
+        "INSERT INTO outbox_version_offset (aggregatetype, aggregateid, version_minus_sequence) \
+         VALUES (?, ?, ?) ON DUPLICATE KEY UPDATE \
+         version_minus_sequence = version_minus_sequence + VALUES(version_minus_sequence)"
     } else {
-        "INSERT INTO outbox_version_offset (aggregatetype, aggregateid, eventless_versions) \
-         VALUES (?, ?, 1) \
-         ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
-         SET eventless_versions = outbox_version_offset.eventless_versions + 1"
+        "INSERT INTO outbox_version_offset (aggregatetype, aggregateid, version_minus_sequence) \
+         VALUES (?, ?, ?) ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
+         SET version_minus_sequence = \
+         outbox_version_offset.version_minus_sequence + excluded.version_minus_sequence"
     };
     conn.execute_raw(statement(
         backend,
         sql,
-        vec![aggregate_type.into(), aggregate_id.into()],
+        vec![aggregate_type.into(), aggregate_id.into(), delta.into()],
     ))
     .await?;
     Ok(())
