@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use crate::BoxResult;
-use crate::model::order;
+use crate::model::{order, vorder};
 
 /// The database name created (and dropped) on the PostgreSQL server.
 const PG_DATABASE: &str = "outbox_bench";
@@ -86,6 +86,8 @@ impl BenchDb {
         let schema = Schema::new(db.get_database_backend());
         db.execute(&schema.create_table_from_entity(order::Entity))
             .await?;
+        db.execute(&schema.create_table_from_entity(vorder::Entity))
+            .await?;
         db.execute_unprepared(
             "CREATE TABLE bench_effects (event_id VARCHAR(36) PRIMARY KEY, order_id VARCHAR(64) NOT NULL)",
         )
@@ -100,8 +102,8 @@ impl BenchDb {
 
     /// Empties every table the scenarios write.
     pub(crate) async fn reset(&self) -> BoxResult<()> {
-        let tables =
-            "outbox, outbox_sequence, outbox_delivery, outbox_inbox, bench_orders, bench_effects";
+        let tables = "outbox, outbox_sequence, outbox_version_offset, outbox_delivery, \
+                      outbox_inbox, bench_orders, bench_vorders, bench_effects";
         match self.backend {
             Backend::Postgres => {
                 self.db

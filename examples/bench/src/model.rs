@@ -41,6 +41,35 @@ pub(crate) mod order {
     }
 }
 
+pub(crate) mod vorder {
+    use outbox_core::{AggregateRoot, DomainEvents};
+    use sea_orm::entity::prelude::*;
+
+    /// The same row with an `#[aggregate(version)]` column: `save` inserts it at version 0,
+    /// updates it only at the version it was loaded at, and numbers its events from the
+    /// version (no `outbox_sequence` row).
+    #[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
+    #[sea_orm(table_name = "bench_vorders")]
+    #[aggregate(name = "VOrder")]
+    pub(crate) struct Model {
+        #[sea_orm(primary_key, auto_increment = false)]
+        #[aggregate(id)]
+        pub(crate) id: String,
+        pub(crate) customer: String,
+        pub(crate) amount_cents: i64,
+        #[aggregate(version)]
+        pub(crate) version: i64,
+        #[sea_orm(ignore)]
+        #[aggregate(events)]
+        pub(crate) events: DomainEvents,
+    }
+
+    #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+    pub(crate) enum Relation {}
+
+    impl ActiveModelBehavior for ActiveModel {}
+}
+
 /// The benchmark's event; `note` pads its JSON to [`EVENT_BYTES`].
 #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
 #[event(name = "OrderPlaced", version = 1)]
@@ -85,6 +114,18 @@ pub(crate) fn order_with(n: usize, events: usize) -> order::Model {
         order.register_event(OrderPlaced::sized(&id, n + k));
     }
     order
+}
+
+/// A new versioned order (version 0) with `events` pending events.
+pub(crate) fn vorder_with(n: usize, events: usize) -> vorder::Model {
+    let order = order_with(n, events);
+    vorder::Model {
+        id: order.id,
+        customer: order.customer,
+        amount_cents: order.amount_cents,
+        version: 0,
+        events: order.events,
+    }
 }
 
 /// An envelope as a consumer receives it.

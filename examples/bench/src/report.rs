@@ -167,10 +167,6 @@ fn machine() -> Vec<(&'static str, String)> {
             "rustc",
             cmd("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
         ),
-        (
-            "load at start (uptime)",
-            cmd("uptime", &[]).unwrap_or_default(),
-        ),
     ]
 }
 

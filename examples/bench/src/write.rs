@@ -2,12 +2,12 @@
 
 use std::time::Instant;
 
-use outbox_core::HandlerRegistry;
+use outbox_core::{AggregateRoot, HandlerRegistry};
 use outbox_seaorm::Outbox;
-use sea_orm::{EntityTrait, IntoActiveModel, TransactionTrait};
+use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel, TransactionTrait, Value};
 
-use crate::db::BenchDb;
-use crate::model::{order, order_with};
+use crate::db::{BenchDb, stmt};
+use crate::model::{order, order_with, vorder, vorder_with};
 use crate::report::{Report, Section, ms, num};
 use crate::stats::{Latency, median};
 use crate::{BoxResult, Opts};
@@ -18,18 +18,147 @@ const CLIENTS: usize = 8;
 enum Variant {
     Insert,
     InsertTxn,
+    /// A new aggregate with this many events.
     Save(usize),
+    /// A new versioned aggregate (`#[aggregate(version)]`) with this many events.
+    SaveVersioned(usize),
+    /// An existing aggregate changed, with one event (its row and `outbox_sequence` row exist).
+    Update,
+    /// An existing versioned aggregate at version 1 changed, with one event: saved where the
+    /// stored version is still 1.
+    UpdateVersioned,
 }
 
 impl Variant {
     fn label(self) -> String {
+        let events = |n: usize| {
+            if n == 1 {
+                "1 event".to_owned()
+            } else {
+                format!("{n} events")
+            }
+        };
         match self {
             Variant::Insert => "plain SeaORM insert (baseline)".into(),
             Variant::InsertTxn => "insert in an explicit transaction".into(),
-            Variant::Save(1) => "`Outbox::save`, 1 event".into(),
-            Variant::Save(n) => format!("`Outbox::save`, {n} events"),
+            Variant::Save(n) => format!("`Outbox::save`, {}", events(n)),
+            Variant::SaveVersioned(n) => format!("`Outbox::save`, versioned, {}", events(n)),
+            Variant::Update => "`Outbox::save`, update, 1 event".into(),
+            Variant::UpdateVersioned => "`Outbox::save`, versioned update, 1 event".into(),
         }
     }
+
+    fn events(self) -> usize {
+        match self {
+            Variant::Save(k) | Variant::SaveVersioned(k) => k,
+            Variant::Update | Variant::UpdateVersioned => 1,
+            Variant::Insert | Variant::InsertTxn => 0,
+        }
+    }
+}
+
+/// What one client writes in one transaction.
+enum Work {
+    Plain(order::Model),
+    Versioned(vorder::Model),
+}
+
+/// Rows per seeding `INSERT` (well under SQLite's bind-parameter limit).
+const SEED_CHUNK: usize = 500;
+
+/// The work of every client: new aggregates, or for the update contenders existing ones (their
+/// rows written beforehand, not timed) changed with one event each.
+async fn prepare(
+    bench: &BenchDb,
+    variant: Variant,
+    per_client: usize,
+) -> BoxResult<Vec<Vec<Work>>> {
+    let events = variant.events();
+    let mut work: Vec<Vec<Work>> = Vec::with_capacity(CLIENTS);
+    for c in 0..CLIENTS {
+        let items = (0..per_client).map(|i| {
+            let n = c * per_client + i;
+            match variant {
+                Variant::SaveVersioned(_) | Variant::UpdateVersioned => {
+                    Work::Versioned(vorder_with(n, events))
+                }
+                _ => Work::Plain(order_with(n, events)),
+            }
+        });
+        work.push(items.collect());
+    }
+    match variant {
+        Variant::Update => {
+            let rows: Vec<&order::Model> = work
+                .iter()
+                .flatten()
+                .filter_map(|w| match w {
+                    Work::Plain(o) => Some(o),
+                    Work::Versioned(_) => None,
+                })
+                .collect();
+            for chunk in rows.chunks(SEED_CHUNK) {
+                let models = chunk.iter().map(|o| {
+                    let mut seeded = (*o).clone();
+                    seeded.amount_cents -= 1;
+                    seeded.events = Default::default();
+                    seeded.into_active_model()
+                });
+                order::Entity::insert_many(models)
+                    .exec_without_returning(&bench.db)
+                    .await?;
+                // The aggregate saved once before: its sequence row is at 1.
+                let mut values: Vec<Value> = Vec::with_capacity(chunk.len() * 3);
+                for o in chunk {
+                    values.extend([
+                        order::Model::AGGREGATE_TYPE.into(),
+                        o.id.clone().into(),
+                        1i64.into(),
+                    ]);
+                }
+                let sql = format!(
+                    "INSERT INTO outbox_sequence (aggregatetype, aggregateid, last_sequence) \
+                     VALUES {}",
+                    vec!["(?, ?, ?)"; chunk.len()].join(", ")
+                );
+                bench
+                    .db
+                    .execute_raw(stmt(bench.db.get_database_backend(), &sql, values))
+                    .await?;
+            }
+        }
+        Variant::UpdateVersioned => {
+            for client in &mut work {
+                for w in client.iter_mut() {
+                    if let Work::Versioned(o) = w {
+                        // As loaded after one save: version 1.
+                        o.version = 1;
+                    }
+                }
+            }
+            let rows: Vec<&vorder::Model> = work
+                .iter()
+                .flatten()
+                .filter_map(|w| match w {
+                    Work::Versioned(o) => Some(o),
+                    Work::Plain(_) => None,
+                })
+                .collect();
+            for chunk in rows.chunks(SEED_CHUNK) {
+                let models = chunk.iter().map(|o| {
+                    let mut seeded = (*o).clone();
+                    seeded.amount_cents -= 1;
+                    seeded.events = Default::default();
+                    seeded.into_active_model()
+                });
+                vorder::Entity::insert_many(models)
+                    .exec_without_returning(&bench.db)
+                    .await?;
+            }
+        }
+        _ => {}
+    }
+    Ok(work)
 }
 
 struct Run {
@@ -43,35 +172,31 @@ async fn one(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> 
         .handlers(HandlerRegistry::new())
         .build();
     let per_client = total.div_ceil(CLIENTS);
+    let work = prepare(bench, variant, per_client).await?;
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for c in 0..CLIENTS {
+    for items in work {
         let db = bench.db.clone();
         let outbox = outbox.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(per_client);
-            for i in 0..per_client {
-                let n = c * per_client + i;
-                let events = match variant {
-                    Variant::Save(k) => k,
-                    _ => 0,
-                };
-                let mut order = order_with(n, events);
+            for item in items {
                 let t = Instant::now();
-                match variant {
-                    Variant::Insert => {
+                match (variant, item) {
+                    (Variant::Insert, Work::Plain(order)) => {
                         order::Entity::insert(order.into_active_model())
                             .exec_without_returning(&db)
                             .await?;
                     }
-                    Variant::InsertTxn => {
+                    (Variant::InsertTxn, Work::Plain(order)) => {
                         let txn = db.begin().await?;
                         order::Entity::insert(order.into_active_model())
                             .exec_without_returning(&txn)
                             .await?;
                         txn.commit().await?;
                     }
-                    Variant::Save(_) => outbox.save(&mut order).await?,
+                    (_, Work::Plain(mut order)) => outbox.save(&mut order).await?,
+                    (_, Work::Versioned(mut order)) => outbox.save(&mut order).await?,
                 }
                 lat.push(t.elapsed().as_micros() as u64);
             }
@@ -100,6 +225,10 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         Variant::InsertTxn,
         Variant::Save(1),
         Variant::Save(10),
+        Variant::SaveVersioned(1),
+        Variant::SaveVersioned(10),
+        Variant::Update,
+        Variant::UpdateVersioned,
     ];
     let mut results: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     // Warm-up (not recorded): connections, caches, the database's plans.
@@ -138,7 +267,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         ]);
     }
     let name = bench.backend.name();
-    for (i, target) in [(2usize, 0.85), (3, 0.6)] {
+    for (i, target) in [(2usize, 0.85), (3, 0.6), (4, 0.85), (5, 0.6)] {
         let ratio = tps[i] / base;
         report.check(
             format!(
@@ -154,16 +283,21 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         title: format!("1. Write path, {name}: {CLIENTS} concurrent clients, 200-byte events"),
         note: format!(
             "{total} transactions per contender and run. The baseline is one autocommit \
-             `INSERT` of the entity (`Entity::insert(..).exec_without_returning`). {} No \
-             in-process handlers.",
+             `INSERT` of the entity (`Entity::insert(..).exec_without_returning`). {} \
+             \"versioned\": the entity has an `#[aggregate(version)]` column; a new one is \
+             inserted at version 0 (an existing id would be a conflict, never overwritten) and \
+             its events are numbered from the version, with no `outbox_sequence` statement. \
+             \"update\": the entity's row (and, unversioned, its `outbox_sequence` row) exists \
+             before the timed save, which changes it and adds one event; versioned, that is an \
+             `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers.",
             if bench.backend == crate::db::Backend::Postgres {
-                "`save` is one autocommit statement (data-modifying CTEs): the entity upsert, \
-                 the `outbox_sequence` bump and the outbox rows, one round trip like the \
-                 baseline; after it returns, the `Outbox`'s notifier task sends one `NOTIFY` \
-                 for whatever committed meanwhile (outside the saving transaction)."
+                "`save` is one autocommit statement (data-modifying CTEs): the entity write, \
+                 the `outbox_sequence` bump (unversioned) and the outbox rows, one round trip \
+                 like the baseline; after it returns, the `Outbox`'s notifier task sends one \
+                 `NOTIFY` for whatever committed meanwhile (outside the saving transaction)."
             } else {
-                "`save` runs `BEGIN IMMEDIATE`, the entity upsert, the `outbox_sequence` \
-                 upsert, one multi-row outbox insert, `COMMIT`."
+                "`save` runs `BEGIN IMMEDIATE`, the entity write, the `outbox_sequence` upsert \
+                 (unversioned), one multi-row outbox insert, `COMMIT`."
             }
         ),
         header: vec!["contender", "tx/s", "vs baseline", "p50 ms", "p99 ms"],

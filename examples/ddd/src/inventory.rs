@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
 use outbox_core::{HandlerRegistry, event_handler};
-use outbox_seaorm::{TransactionExt, write_events};
-use sea_orm::ActiveValue::Set;
+use outbox_seaorm::{TransactionExt, save_in};
 use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::ExprTrait;
 use serde::{Deserialize, Serialize};
@@ -46,6 +45,9 @@ pub struct Model {
     pub quantity: i32,
     /// `RESERVED` or `REJECTED`.
     pub status: String,
+    /// Saves so far (optimistic concurrency): 1 once decided.
+    #[aggregate(version)]
+    pub version: i64,
     #[sea_orm(ignore)]
     #[aggregate(events)]
     pub events: DomainEvents,
@@ -56,7 +58,8 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Stock on hand per SKU: this service's own state.
+/// Stock on hand per SKU: this service's own state. Not an aggregate (it records no events):
+/// the conditional decrement in `reserve_items` is its concurrency control.
 pub mod stock {
     use sea_orm::entity::prelude::*;
 
@@ -102,6 +105,7 @@ async fn reserve_items(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(
         sku: event.sku.clone(),
         quantity: event.quantity,
         status: if taken { "RESERVED" } else { "REJECTED" }.to_owned(),
+        version: 0,
         events: DomainEvents::new(),
     };
     if taken {
@@ -116,16 +120,19 @@ async fn reserve_items(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(
             reason: format!("{} x{} out of stock", event.sku, event.quantity),
         });
     }
-    ActiveModel {
-        order_id: Set(reservation.order_id),
-        sku: Set(reservation.sku.clone()),
-        quantity: Set(reservation.quantity),
-        status: Set(reservation.status.clone()),
-    }
-    .insert(txn)
-    .await?;
-    // No in-process handler here, so no after-commit work to hand on (`Written` is dropped).
-    let _written = write_events(txn, &reservation, &HandlerRegistry::new(), Duration::ZERO).await?;
+    // A new reservation (version 0): the row is inserted with the reply event; if it exists
+    // already the save is a conflict, permanent (running again cannot change it), and this
+    // transaction, stock decrement included, rolls back. No in-process handler here, so no
+    // after-commit work to hand on (`Written` is dropped).
+    let _written = save_in(txn, &reservation, &HandlerRegistry::new(), Duration::ZERO)
+        .await
+        .map_err(|error| {
+            if error.is_conflict() {
+                HandlerError::permanent(error)
+            } else {
+                HandlerError::retryable(error)
+            }
+        })?;
     for e in reservation.pending_events().as_slice() {
         report::step(event.order_id, Step::new(GROUP, e.name()));
     }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use outbox_core::HandlerRegistry;
-use sea_orm::DatabaseConnection;
+use outbox_core::{AggregateRoot, HandlerRegistry};
+use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::watch;
 
 use report::{Check, Counters};
@@ -51,7 +51,8 @@ struct Args {
     /// A Kafka broker (`127.0.0.1:9092`). Default: librdkafka's in-process mock cluster.
     #[arg(long, env = "DDD_BROKERS")]
     brokers: Option<String>,
-    /// Kill and restart the relays and a consumer mid-run, and inject duplicate deliveries.
+    /// Run the order service as two instances (concurrent replies to one order), kill and
+    /// restart the relays and a service's consumers mid-run, and inject duplicate deliveries.
     #[arg(long, env = "DDD_CHAOS")]
     chaos: bool,
     /// Seed of the generated orders (default: random); the same seed gives the same orders.
@@ -186,7 +187,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             order::local_handlers(),
             &brokers,
             stopping.clone(),
-        ),
+        )
+        // In chaos mode, two instances of the order service: one order's payment and inventory
+        // replies can then be applied at the same time, and the versioned save refuses the
+        // second (a conflict, retried by the consumer on the reloaded order).
+        .with_instances(if args.chaos { 2 } else { 1 }),
         payment: Service::new(
             "payment",
             payment::GROUP,
@@ -475,6 +480,87 @@ async fn summarize(
             format!("{name} outbox: no row left pending ({pending}) or dead ({dead})"),
         ));
     }
+    // Optimistic concurrency: each aggregate's version counts its saves, its events are numbered
+    // 1..n from it, and an order is saved three times (placed, then one save per reply).
+    let orders = order::Entity::find().all(o).await?;
+    let off_three: Vec<String> = orders
+        .iter()
+        .filter(|m| m.version != 3)
+        .map(|m| format!("{} at {}", m.id, m.version))
+        .collect();
+    checks.push(Check::new(
+        off_three.is_empty(),
+        format!(
+            "every order at version 3 (placed, then each reply applied once): {} of {}{}",
+            orders.len() - off_three.len(),
+            orders.len(),
+            if off_three.is_empty() {
+                String::new()
+            } else {
+                format!("; not: {}", off_three.join(", "))
+            }
+        ),
+    ));
+    let audits = [
+        (
+            "order",
+            runtime::audit_versions(
+                o,
+                order::Model::AGGREGATE_TYPE,
+                orders
+                    .iter()
+                    .map(|m| (m.aggregate_id(), m.version))
+                    .collect(),
+            )
+            .await?,
+        ),
+        (
+            "payment",
+            runtime::audit_versions(
+                p,
+                payment::Model::AGGREGATE_TYPE,
+                payment::Entity::find()
+                    .all(p)
+                    .await?
+                    .iter()
+                    .map(|m| (m.aggregate_id(), m.version))
+                    .collect(),
+            )
+            .await?,
+        ),
+        (
+            "inventory",
+            runtime::audit_versions(
+                i,
+                inventory::Model::AGGREGATE_TYPE,
+                inventory::Entity::find()
+                    .all(i)
+                    .await?
+                    .iter()
+                    .map(|m| (m.aggregate_id(), m.version))
+                    .collect(),
+            )
+            .await?,
+        ),
+    ];
+    for (name, audit) in &audits {
+        checks.push(Check::new(
+            audit.broken.is_empty(),
+            format!(
+                "{name} versions = events + saves without events, sequences 1..n: {} aggregates, \
+                 {} events, {} event-less saves{}",
+                audit.aggregates,
+                audit.events,
+                audit.eventless,
+                if audit.broken.is_empty() {
+                    String::new()
+                } else {
+                    format!("; broken: {}", audit.broken.join("; "))
+                }
+            ),
+        ));
+    }
+    let conflicts = counters.get(order::CONFLICTS);
     let dup = counters.get("outbox_consumer_duplicates_total");
     let dlt = counters.get("outbox_consumer_dead_lettered_total");
     let events_published: i64 = published.iter().sum();
@@ -574,6 +660,10 @@ async fn summarize(
         "  events   {events_published} published (order {}, payment {}, inventory {}), \
          {events_consumed} consumed, {dup} duplicates skipped, {dlt} dead-lettered\n",
         published[0], published[1], published[2]
+    ));
+    out.push_str(&format!(
+        "  saves    {conflicts} order saves refused by a version conflict (another reply saved \
+         the order first) and applied again\n"
     ));
     out.push_str(&format!(
         "  time     {secs:.2} s, {:.0} events/s published, {:.0} orders/s\n",

@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
 use outbox_core::{HandlerRegistry, event_handler, handler};
-use outbox_seaorm::{TransactionExt, write_events};
+use outbox_seaorm::{TransactionExt, save_in};
 use sea_orm::entity::prelude::*;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, Statement};
+use sea_orm::{ConnectionTrait, Statement};
 use serde::{Deserialize, Serialize};
 
 use crate::inventory::{InventoryRejected, InventoryReserved};
@@ -45,7 +45,8 @@ pub struct OrderCancelled {
     pub reason: String,
 }
 
-/// The order aggregate; `events` is not a column.
+/// The order aggregate; `events` is not a column, `version` is (optimistic concurrency: a save
+/// is refused when the stored version moved since the order was loaded).
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
 #[sea_orm(table_name = "orders")]
 #[aggregate(name = "Order")]
@@ -64,6 +65,9 @@ pub struct Model {
     /// `RESERVED` or `REJECTED` once the inventory service replied.
     pub inventory: Option<String>,
     pub reason: Option<String>,
+    /// Saves so far: placed (1), then one per reply applied.
+    #[aggregate(version)]
+    pub version: i64,
     #[sea_orm(ignore)]
     #[aggregate(events)]
     pub events: DomainEvents,
@@ -92,6 +96,7 @@ impl Model {
             payment: None,
             inventory: None,
             reason: None,
+            version: 0,
             events: DomainEvents::new(),
         };
         order.register_event(OrderCreated {
@@ -149,6 +154,13 @@ pub fn local_handlers() -> HandlerRegistry {
 
 /// Loads the order, lets `apply` change it, and saves the row and its new events through the
 /// consumer's transaction: the inbox row, the order and the outbox rows commit together.
+///
+/// The save is versioned: it writes only if the order is still at the version it was loaded at.
+/// One instance of the service applies its messages one after the other, but two instances
+/// (or a member that lost its partitions while finishing a message) can apply an order's payment
+/// reply and its inventory reply at once; the second save then fails with a conflict. The
+/// conflict is returned as retryable: the consumer rolls the inbox transaction back and runs the
+/// handler again, which loads the order anew and applies the reply to the other's change.
 async fn update(
     ctx: &EventContext<'_>,
     order_id: Uuid,
@@ -160,24 +172,26 @@ async fn update(
         return Err(HandlerError::permanent(UnknownOrder(order_id)));
     };
     apply(&mut order);
-    let row = ActiveModel {
-        id: Set(order.id),
-        status: Set(order.status.clone()),
-        payment: Set(order.payment.clone()),
-        inventory: Set(order.inventory.clone()),
-        reason: Set(order.reason.clone()),
-        ..Default::default()
-    };
-    row.update(txn).await?;
     // The consumer runtime commits this transaction, not this handler: the delivery rows of the
     // in-process handlers are due at once (grace zero) and the delivery worker runs them after
-    // the commit, so `Written` is not needed here.
-    let _written = write_events(txn, &order, &local_handlers(), Duration::ZERO).await?;
+    // the commit, so `Written` is not needed here. A reply that registers no event (the second
+    // answer to a cancelled order) still saves the row and moves the version by one.
+    match save_in(txn, &order, &local_handlers(), Duration::ZERO).await {
+        Ok(_written) => {}
+        Err(error) if error.is_conflict() => {
+            metrics::counter!(CONFLICTS).increment(1);
+            return Err(HandlerError::retryable(error));
+        }
+        Err(error) => return Err(error.into()),
+    }
     for event in order.pending_events().as_slice() {
         report::step(order_id, Step::new(GROUP, event.name()));
     }
     Ok(())
 }
+
+/// The counter of order saves refused because another reply saved the order first.
+pub const CONFLICTS: &str = "ddd_order_conflicts_total";
 
 /// A reply named an order this service does not have.
 #[derive(Debug)]

@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
 use outbox_core::{HandlerRegistry, event_handler};
-use outbox_seaorm::{TransactionExt, write_events};
-use sea_orm::ActiveValue::Set;
+use outbox_seaorm::{TransactionExt, save_in};
 use sea_orm::entity::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +43,9 @@ pub struct Model {
     pub amount_cents: i64,
     /// `CAPTURED` or `DECLINED`.
     pub status: String,
+    /// Saves so far (optimistic concurrency): 1 once decided.
+    #[aggregate(version)]
+    pub version: i64,
     #[sea_orm(ignore)]
     #[aggregate(events)]
     pub events: DomainEvents,
@@ -89,6 +91,7 @@ impl Model {
             customer: order.customer.clone(),
             amount_cents: order.amount_cents,
             status: String::new(),
+            version: 0,
             events: DomainEvents::new(),
         };
         match limit_cents {
@@ -130,18 +133,24 @@ async fn capture_payment(event: &OrderCreated, ctx: &EventContext<'_>) -> Result
         .await?
         .map(|l| l.limit_cents);
     let payment = Model::decide(event, limit);
-    ActiveModel {
-        order_id: Set(payment.order_id),
-        customer: Set(payment.customer.clone()),
-        amount_cents: Set(payment.amount_cents),
-        status: Set(payment.status.clone()),
-    }
-    .insert(txn)
-    .await?;
-    // No in-process handler here, so no after-commit work to hand on (`Written` is dropped).
-    let _written = write_events(txn, &payment, &HandlerRegistry::new(), Duration::ZERO).await?;
+    // A new payment (version 0): the row is inserted with the reply event. No in-process
+    // handler here, so no after-commit work to hand on (`Written` is dropped).
+    let _written = save_in(txn, &payment, &HandlerRegistry::new(), Duration::ZERO)
+        .await
+        .map_err(already_decided)?;
     for e in payment.pending_events().as_slice() {
         report::step(event.order_id, Step::new(GROUP, e.name()));
     }
     Ok(())
+}
+
+/// A conflict on a new payment means the order's payment exists already (decided under another
+/// inbox record): running again cannot change that, so it is permanent. Anything else (the
+/// database) is worth a retry.
+fn already_decided(error: outbox_seaorm::Error) -> HandlerError {
+    if error.is_conflict() {
+        HandlerError::permanent(error)
+    } else {
+        HandlerError::retryable(error)
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outbox_core::HandlerRegistry;
+use outbox_core::{HandlerRegistry, RetryPolicy};
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, provision_topics};
 use outbox_seaorm::{DeliveryWorker, Outbox, Relay};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
@@ -207,6 +207,87 @@ pub async fn published_rows(
             ))
         })
         .collect()
+}
+
+/// How the stored versions of one aggregate type agree with its service's outbox.
+#[derive(Debug, Default)]
+pub struct VersionAudit {
+    /// Aggregates (rows) of the type.
+    pub aggregates: usize,
+    /// Their events in the outbox.
+    pub events: i64,
+    /// Their saves that carried no event (`outbox_version_offset`).
+    pub eventless: i64,
+    /// The aggregates that break the rule, with what was found.
+    pub broken: Vec<String>,
+}
+
+/// Checks every aggregate of `aggregate_type` against `db`'s outbox: its events' sequences are
+/// 1..n (no gap, no duplicate) and its stored version is n plus its saves without events
+/// (`versions`: each row's id as the outbox spells it, and its version). Events of an aggregate
+/// with no row break the rule too.
+pub async fn audit_versions(
+    db: &DatabaseConnection,
+    aggregate_type: &str,
+    versions: Vec<(String, i64)>,
+) -> Result<VersionAudit, sea_orm::DbErr> {
+    let backend = db.get_database_backend();
+    // (count, min, max) of each aggregate's event sequences.
+    let mut events: HashMap<String, (i64, i64, i64)> = HashMap::new();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT aggregateid, COUNT(*), MIN(sequence), MAX(sequence) FROM outbox \
+                 WHERE aggregatetype = '{aggregate_type}' GROUP BY aggregateid"
+            ),
+        ))
+        .await?;
+    for row in rows {
+        events.insert(
+            row.try_get_by_index(0)?,
+            (
+                row.try_get_by_index(1)?,
+                row.try_get_by_index(2)?,
+                row.try_get_by_index(3)?,
+            ),
+        );
+    }
+    let mut eventless: HashMap<String, i64> = HashMap::new();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            backend,
+            format!(
+                "SELECT aggregateid, eventless_versions FROM outbox_version_offset \
+                 WHERE aggregatetype = '{aggregate_type}'"
+            ),
+        ))
+        .await?;
+    for row in rows {
+        eventless.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
+    }
+    let mut audit = VersionAudit {
+        aggregates: versions.len(),
+        ..VersionAudit::default()
+    };
+    for (id, version) in versions {
+        let (n, first, last) = events.remove(&id).unwrap_or((0, 1, 0));
+        let quiet = eventless.get(&id).copied().unwrap_or(0);
+        audit.events += n;
+        audit.eventless += quiet;
+        if first != 1 || last != n || version != n + quiet {
+            audit.broken.push(format!(
+                "{aggregate_type} {id}: version {version}, {n} events with sequences \
+                 {first}..={last}, {quiet} saves without events"
+            ));
+        }
+    }
+    for (id, (n, ..)) in events {
+        audit
+            .broken
+            .push(format!("{aggregate_type} {id}: {n} events and no row"));
+    }
+    Ok(audit)
 }
 
 /// The Kafka cluster: librdkafka's in-process mock, or a real broker.
@@ -447,8 +528,10 @@ pub struct Service {
     pub outbox: Outbox,
     brokers: String,
     stop: watch::Receiver<bool>,
+    /// How many instances of the service consume (members of its group).
+    instances: usize,
     relay: Option<JoinHandle<()>>,
-    consumer: Option<JoinHandle<()>>,
+    consumers: Vec<JoinHandle<()>>,
     worker: Option<JoinHandle<()>>,
 }
 
@@ -477,10 +560,22 @@ impl Service {
             outbox,
             brokers: brokers.to_owned(),
             stop,
+            instances: 1,
             relay: None,
-            consumer: None,
+            consumers: Vec::new(),
             worker: None,
         }
+    }
+
+    /// Runs `instances` consumers in the service's group, as that many copies of the service
+    /// would: each applies the messages of the partitions it is assigned, at the same time as
+    /// the others. Partitions are assigned round-robin over all the group's topics, so one
+    /// order's replies (same key, so the same partition number in `ddd.payments` and
+    /// `ddd.inventory`) can go to different instances and be applied at once; the range
+    /// assignor would give both to one instance and hide the race.
+    pub fn with_instances(mut self, instances: usize) -> Service {
+        self.instances = instances.max(1);
+        self
     }
 
     /// Starts the relay, the consumer and, when the outbox has after-commit handlers, the
@@ -522,28 +617,38 @@ impl Service {
         }));
     }
 
-    /// Starts (again) the consumer: Kafka → this service's `#[event_handler(group)]`s.
+    /// Starts (again) the consumers: Kafka → this service's `#[event_handler(group)]`s, one
+    /// per instance.
     pub fn start_consumer(&mut self) {
-        let db = self.db.clone();
-        let brokers = self.brokers.clone();
-        let stop = self.stop.clone();
-        let group = self.group;
-        self.consumer = Some(tokio::spawn(async move {
-            let consumer =
-                KafkaConsumer::builder(brokers, group, db, HandlerRegistry::from_inventory())
-                    .set("session.timeout.ms", "6000")
-                    .set("heartbeat.interval.ms", "500")
-                    .build()
-                    .await;
-            match consumer {
-                Ok(consumer) => {
-                    if let Err(error) = consumer.run_until(stopped(stop)).await {
-                        tracing::error!(group, %error, "consumer stopped");
-                    }
+        for _ in 0..self.instances {
+            let db = self.db.clone();
+            let brokers = self.brokers.clone();
+            let stop = self.stop.clone();
+            let group = self.group;
+            let instances = self.instances;
+            self.consumers.push(tokio::spawn(async move {
+                let mut builder =
+                    KafkaConsumer::builder(brokers, group, db, HandlerRegistry::from_inventory())
+                        .set("session.timeout.ms", "6000")
+                        .set("heartbeat.interval.ms", "500")
+                        // A save refused by a conflict (another instance saved the order first)
+                        // succeeds on the next attempt: retry at once, not after a second.
+                        .retry(
+                            RetryPolicy::default().with_initial_delay(Duration::from_millis(20)),
+                        );
+                if instances > 1 {
+                    builder = builder.set("partition.assignment.strategy", "roundrobin");
                 }
-                Err(error) => tracing::error!(group, %error, "cannot start the consumer"),
-            }
-        }));
+                match builder.build().await {
+                    Ok(consumer) => {
+                        if let Err(error) = consumer.run_until(stopped(stop)).await {
+                            tracing::error!(group, %error, "consumer stopped");
+                        }
+                    }
+                    Err(error) => tracing::error!(group, %error, "cannot start the consumer"),
+                }
+            }));
+        }
     }
 
     /// Chaos: aborts the relay task (no graceful shutdown: a batch may be half done).
@@ -554,9 +659,9 @@ impl Service {
         }
     }
 
-    /// Chaos: aborts the consumer task (offsets of applied messages may not be committed).
+    /// Chaos: aborts the consumer tasks (offsets of applied messages may not be committed).
     pub async fn kill_consumer(&mut self) {
-        if let Some(task) = self.consumer.take() {
+        for task in self.consumers.drain(..) {
             task.abort();
             let _ = task.await;
         }
@@ -564,10 +669,11 @@ impl Service {
 
     /// Waits for the tasks after the stop signal (up to `timeout` each).
     pub async fn join(&mut self, timeout: Duration) {
-        for task in [self.relay.take(), self.consumer.take(), self.worker.take()]
+        let tasks = [self.relay.take(), self.worker.take()]
             .into_iter()
             .flatten()
-        {
+            .chain(self.consumers.drain(..));
+        for task in tasks.collect::<Vec<_>>() {
             let _ = tokio::time::timeout(timeout, task).await;
         }
     }
