@@ -8,6 +8,7 @@
 pub mod documents;
 pub mod fixtures;
 
+use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Once;
 use std::time::Duration;
 
@@ -89,6 +90,29 @@ pub fn unavailable<T>(what: &str, error: &dyn std::fmt::Display) -> Option<T> {
     }
     eprintln!("SKIPPED: {what} is not reachable ({error}); set it up or run under CI=true to fail");
     None
+}
+
+/// The shared Kafka broker (`OUTBOX_TEST_KAFKA_BROKERS`, default `127.0.0.1:9092`), or `None` (after printing why) when it is unreachable outside CI.
+pub fn kafka_brokers() -> Option<String> {
+    let brokers = std::env::var("OUTBOX_TEST_KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
+    let first = brokers.split(',').next().unwrap_or_default().trim();
+    let reachable = first
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()))
+        .and_then(|addr| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Some(brokers),
+        Err(e) => unavailable(
+            &format!("Kafka broker at {brokers} (scripts/tansu.sh start)"),
+            &e,
+        ),
+    }
 }
 
 async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {

@@ -10,7 +10,7 @@
 //! and a consumer group of its own. Unreachable broker: failure under `CI=true`, skip elsewhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,7 @@ use outbox_core::{
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, dlt, provision_topics};
 use outbox_seaorm::relay::{Relay, pending_count};
 use outbox_seaorm::{Outbox, TransactionExt};
-use outbox_tests::{Backend, TestDb, fresh, unavailable};
+use outbox_tests::{Backend, TestDb, fresh, kafka_brokers, unavailable};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -102,29 +102,6 @@ async fn malformed_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), Han
 }
 
 // ---- helpers ----
-
-/// The shared broker, or `None` (after printing why) when it is unreachable outside CI.
-fn kafka_brokers() -> Option<String> {
-    let brokers = std::env::var("OUTBOX_TEST_KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
-    let first = brokers.split(',').next().unwrap_or_default().trim();
-    let reachable = first
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()))
-        .and_then(|addr| {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
-        });
-    match reachable {
-        Ok(_) => Some(brokers),
-        Err(e) => unavailable(
-            &format!("Kafka broker at {brokers} (scripts/tansu.sh start)"),
-            &e,
-        ),
-    }
-}
 
 fn unique(what: &str) -> String {
     format!("e2e-{what}-{}", uuid::Uuid::now_v7().simple())

@@ -10,7 +10,6 @@
 //! `scripts/tansu.sh start`); each test uses a topic of its own. Unreachable broker: failure
 //! under `CI=true`, skip elsewhere.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use outbox_core::HandlerRegistry;
@@ -18,31 +17,8 @@ use outbox_kafka::KafkaPublisher;
 use outbox_seaorm::Outbox;
 use outbox_seaorm::relay::{DeadLetterPolicy, Relay, dead_count};
 use outbox_tests::documents::{Read, create_table, new_document, read_topic_async, revise};
-use outbox_tests::{Backend, TestDb, fresh, unavailable};
+use outbox_tests::{Backend, TestDb, fresh, kafka_brokers};
 use sea_orm::{ConnectionTrait, Statement};
-
-/// The shared broker, or `None` (after printing why) when it is unreachable outside CI.
-fn kafka_brokers() -> Option<String> {
-    let brokers = std::env::var("OUTBOX_TEST_KAFKA_BROKERS")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "127.0.0.1:9092".to_owned());
-    let first = brokers.split(',').next().unwrap_or_default().trim();
-    let reachable = first
-        .to_socket_addrs()
-        .map_err(|e| e.to_string())
-        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()))
-        .and_then(|addr| {
-            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
-        });
-    match reachable {
-        Ok(_) => Some(brokers),
-        Err(e) => unavailable(
-            &format!("Kafka broker at {brokers} (scripts/tansu.sh start)"),
-            &e,
-        ),
-    }
-}
 
 /// Above librdkafka's default `message.max.bytes` (1,000,000).
 const TWO_MB: usize = 2 * 1024 * 1024;
