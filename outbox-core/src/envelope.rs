@@ -174,6 +174,13 @@ impl Envelope {
     pub fn sequence(&self) -> i64 {
         self.sequence
     }
+    /// The same envelope at position `sequence`: what a backend does once the database has
+    /// numbered the aggregate's events (the payload is moved, not copied).
+    #[must_use]
+    pub fn with_sequence(mut self, sequence: i64) -> Self {
+        self.sequence = sequence;
+        self
+    }
     /// When the event was registered.
     pub fn occurred_at(&self) -> DateTime<Utc> {
         self.occurred_at

@@ -138,18 +138,31 @@ impl Stored {
     /// # Errors
     /// A column is missing or of another type.
     pub(crate) fn read(row: &QueryResult, prefix: &str) -> Result<Stored, DbErr> {
-        let get = |column: Outbox| column.unquoted().to_owned();
+        // `Iden::unquoted` borrows its column: keep them alive for the reads below.
+        let columns = read_columns();
+        let [
+            id,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            version,
+            sequence,
+            payload,
+            metadata,
+            topic,
+            occurred_at,
+        ] = columns.each_ref().map(Iden::unquoted);
         Ok(Stored {
-            id: row.try_get(prefix, &get(Outbox::Id))?,
-            aggregate_type: row.try_get(prefix, &get(Outbox::AggregateType))?,
-            aggregate_id: row.try_get(prefix, &get(Outbox::AggregateId))?,
-            event_type: row.try_get(prefix, &get(Outbox::EventType))?,
-            version: row.try_get(prefix, &get(Outbox::Version))?,
-            sequence: row.try_get(prefix, &get(Outbox::Sequence))?,
-            payload: row.try_get(prefix, &get(Outbox::Payload))?,
-            metadata: row.try_get(prefix, &get(Outbox::Metadata))?,
-            topic: row.try_get(prefix, &get(Outbox::Topic))?,
-            occurred_at: row.try_get(prefix, &get(Outbox::OccurredAt))?,
+            id: row.try_get(prefix, id)?,
+            aggregate_type: row.try_get(prefix, aggregate_type)?,
+            aggregate_id: row.try_get(prefix, aggregate_id)?,
+            event_type: row.try_get(prefix, event_type)?,
+            version: row.try_get(prefix, version)?,
+            sequence: row.try_get(prefix, sequence)?,
+            payload: row.try_get(prefix, payload)?,
+            metadata: row.try_get(prefix, metadata)?,
+            topic: row.try_get(prefix, topic)?,
+            occurred_at: row.try_get(prefix, occurred_at)?,
         })
     }
 

@@ -7,6 +7,7 @@
 
 pub mod documents;
 pub mod fixtures;
+pub mod reader;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Once;

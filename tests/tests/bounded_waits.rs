@@ -44,22 +44,12 @@ async fn slow(_event: &CrateDelayed, _ctx: &EventContext<'_>) -> Result<(), Hand
     std::future::pending().await
 }
 
+#[derive(AggregateRoot)]
 struct Crate {
+    #[aggregate(id)]
     id: String,
+    #[aggregate(events)]
     events: DomainEvents,
-}
-
-impl AggregateRoot for Crate {
-    const AGGREGATE_TYPE: &'static str = "Crate";
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-    fn pending_events(&self) -> &DomainEvents {
-        &self.events
-    }
-    fn pending_events_mut(&mut self) -> &mut DomainEvents {
-        &mut self.events
-    }
 }
 
 async fn record<E: DomainEvent>(outbox: &Outbox, id: &str, event: E) -> String {

@@ -20,22 +20,12 @@ struct ParcelShipped {
     n: i64,
 }
 
+#[derive(AggregateRoot)]
 struct Parcel {
+    #[aggregate(id)]
     id: String,
+    #[aggregate(events)]
     events: DomainEvents,
-}
-
-impl AggregateRoot for Parcel {
-    const AGGREGATE_TYPE: &'static str = "Parcel";
-    fn aggregate_id(&self) -> String {
-        self.id.clone()
-    }
-    fn pending_events(&self) -> &DomainEvents {
-        &self.events
-    }
-    fn pending_events_mut(&mut self) -> &mut DomainEvents {
-        &mut self.events
-    }
 }
 
 /// Records its run through the delivery transaction.

@@ -21,11 +21,11 @@ use outbox_core::{
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, dlt, provision_topics};
 use outbox_seaorm::relay::{Relay, pending_count};
 use outbox_seaorm::{Outbox, TransactionExt};
+use outbox_tests::reader::{self, Read as Received};
 use outbox_tests::{Backend, TestDb, fresh, kafka_brokers, unavailable};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
 
@@ -201,102 +201,9 @@ async fn wait_published(db: &DatabaseConnection, within: Duration) {
     }
 }
 
-/// A message as read back from the broker.
-#[derive(Clone, Debug)]
-struct Received {
-    key: Option<String>,
-    partition: i32,
-    offset: i64,
-    headers: HashMap<String, String>,
-    payload: Vec<u8>,
-}
-
-impl Received {
-    fn header(&self, key: &str) -> &str {
-        self.headers
-            .get(key)
-            .unwrap_or_else(|| panic!("header {key} missing in {self:?}"))
-    }
-}
-
-/// Reads `topic` from the beginning, without a consumer group, until `want` messages came and
-/// then `settle` more passed without a new one (so extra messages are seen too). Sorted by
-/// partition and offset.
-fn read_topic(brokers: &str, topic: &str, want: usize, settle: Duration) -> Vec<Received> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", unique("reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("reader");
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .expect("metadata");
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map_or(0, |t| t.partitions().len());
-    assert!(partitions > 0, "topic {topic} has no partitions");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions {
-        tpl.add_partition_offset(
-            topic,
-            i32::try_from(p).expect("partition"),
-            Offset::Beginning,
-        )
-        .expect("offset");
-    }
-    consumer.assign(&tpl).expect("assign");
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut quiet_since = Instant::now();
-    while Instant::now() < deadline && (out.len() < want || quiet_since.elapsed() < settle) {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                quiet_since = Instant::now();
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Received {
-                    key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    headers,
-                    payload: m.payload().unwrap_or_default().to_vec(),
-                });
-            }
-            Some(Err(e)) => eprintln!("reader: {e}"),
-            None => {}
-        }
-    }
-    assert!(
-        out.len() >= want,
-        "read {} of {want} messages from {topic}",
-        out.len()
-    );
-    out.sort_by_key(|m| (m.partition, m.offset));
-    out
-}
-
+/// Reads `topic` until `want` messages came and 1.5 s more passed without a new one.
 async fn read_topic_async(brokers: &str, topic: &str, want: usize) -> Vec<Received> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        read_topic(&brokers, &topic, want, Duration::from_millis(1500))
-    })
-    .await
-    .expect("reader thread")
+    reader::read_topic_async(brokers, topic, &[], want, Duration::from_millis(1500)).await
 }
 
 /// Runs `consumer` until `sql` on `db` counts `want` (then a little longer, so any extra

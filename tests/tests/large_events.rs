@@ -11,9 +11,8 @@ use outbox_kafka::{KafkaConsumer, KafkaPublisher};
 use outbox_seaorm::Outbox;
 use outbox_seaorm::TransactionExt;
 use outbox_seaorm::relay::{Relay, dead_count, pending_count};
-use outbox_tests::documents::{
-    DocumentRevised, create_table, new_document, read_topic_async, revise,
-};
+use outbox_tests::documents::{DocumentRevised, create_table, new_document, revise};
+use outbox_tests::reader::read_topic_async;
 use outbox_tests::{TestDb, db_tests};
 use rdkafka::mocking::MockCluster;
 use sea_orm::{ConnectionTrait, Statement};
@@ -150,6 +149,7 @@ async fn one_megabyte_event_is_saved_relayed_and_read(t: TestDb) {
         &brokers,
         "document",
         &[("fetch.message.max.bytes", PRODUCER_LIMIT)],
+        0,
         Duration::from_secs(2),
     )
     .await;

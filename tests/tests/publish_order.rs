@@ -16,7 +16,8 @@ use outbox_core::HandlerRegistry;
 use outbox_kafka::KafkaPublisher;
 use outbox_seaorm::Outbox;
 use outbox_seaorm::relay::{DeadLetterPolicy, Relay, dead_count};
-use outbox_tests::documents::{Read, create_table, new_document, read_topic_async, revise};
+use outbox_tests::documents::{create_table, new_document, revise};
+use outbox_tests::reader::{Read, read_topic_async};
 use outbox_tests::{Backend, TestDb, fresh, kafka_brokers};
 use sea_orm::{ConnectionTrait, Statement};
 
@@ -25,7 +26,7 @@ const TWO_MB: usize = 2 * 1024 * 1024;
 
 /// What reached the topic, as `aggregate/sequence` labels in partition order.
 async fn on_topic(brokers: &str, topic: &str) -> Vec<String> {
-    let read: Vec<Read> = read_topic_async(brokers, topic, &[], Duration::from_secs(3)).await;
+    let read: Vec<Read> = read_topic_async(brokers, topic, &[], 0, Duration::from_secs(3)).await;
     read.iter().map(Read::label).collect()
 }
 

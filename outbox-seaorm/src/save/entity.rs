@@ -53,6 +53,18 @@ pub(crate) enum Guard {
 }
 
 impl EntityWrite {
+    /// Whether it deletes the aggregate's row (versioned or not).
+    pub(crate) fn is_delete(&self) -> bool {
+        matches!(
+            self,
+            EntityWrite::Delete(_)
+                | EntityWrite::Guarded {
+                    kind: Guard::Delete,
+                    ..
+                }
+        )
+    }
+
     /// Whether the aggregate's row changes (the version of a versioned one moves).
     pub(crate) fn moves_version(&self) -> bool {
         matches!(

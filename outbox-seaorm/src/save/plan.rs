@@ -132,14 +132,7 @@ impl Plan {
         !self.envelopes.is_empty()
             && self.envelopes.len() <= ROWS_PER_INSERT
             && self.deliveries() <= ROWS_PER_INSERT
-            && !matches!(self.entity, EntityWrite::Delete(_))
-            && !matches!(
-                self.entity,
-                EntityWrite::Guarded {
-                    kind: super::entity::Guard::Delete,
-                    ..
-                }
-            )
+            && !self.entity.is_delete()
     }
 
     /// The events numbered from `first`.
@@ -148,23 +141,7 @@ impl Plan {
         self.envelopes = envelopes
             .into_iter()
             .zip(first..)
-            .map(|(e, sequence)| resequence(e, sequence))
+            .map(|(e, sequence)| e.with_sequence(sequence))
             .collect();
     }
-}
-
-fn resequence(envelope: Envelope, sequence: i64) -> Envelope {
-    Envelope::builder(
-        envelope.event_name(),
-        envelope.aggregate_type(),
-        envelope.aggregate_id(),
-    )
-    .id(envelope.id())
-    .version(envelope.event_version())
-    .sequence(sequence)
-    .occurred_at(envelope.occurred_at())
-    .payload(envelope.payload())
-    .metadata(envelope.metadata().clone())
-    .topic(envelope.topic().map(str::to_owned))
-    .build()
 }
