@@ -35,6 +35,35 @@ else
   wait_port 3306 || { echo "services: MariaDB is not reachable on 127.0.0.1:3306" >&2; status=1; }
 fi
 
+# The log relay reads PostgreSQL's write-ahead log through a logical replication slot: that needs
+# wal_level=logical, which takes a restart. Done once (ALTER SYSTEM persists it); later runs see
+# it set and do nothing. The tests make a slot each, so allow more than the default 10.
+pg_setting() { psql -h 127.0.0.1 -U postgres -d postgres -tAc "SHOW $1" 2>/dev/null; }
+if port_open 5432 && command -v psql >/dev/null 2>&1; then
+  if [ "$(pg_setting wal_level)" != "logical" ] || [ "$(pg_setting max_replication_slots)" -lt 64 ] 2>/dev/null; then
+    echo "services: setting wal_level=logical on PostgreSQL (restart)"
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "ALTER SYSTEM SET wal_level = logical" \
+      -c "ALTER SYSTEM SET max_replication_slots = 64" -c "ALTER SYSTEM SET max_wal_senders = 64" || status=1
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main restart || status=1
+    else
+      echo "services: no pg_ctlcluster; restart PostgreSQL yourself for wal_level=logical" >&2
+      status=1
+    fi
+    wait_port 5432 || { echo "services: PostgreSQL did not come back after the restart" >&2; status=1; }
+    for _ in $(seq 1 50); do
+      [ "$(pg_setting wal_level)" = "logical" ] && break
+      sleep 0.2
+    done
+  fi
+  if [ "$(pg_setting wal_level)" = "logical" ]; then
+    echo "services: PostgreSQL has wal_level=logical"
+  else
+    echo "services: PostgreSQL wal_level is not logical" >&2
+    status=1
+  fi
+fi
+
 # The tests create one database per test; make sure the entry databases exist.
 if port_open 5432 && command -v psql >/dev/null 2>&1; then
   psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1 \

@@ -94,6 +94,7 @@ pub mod time;
 pub use shard::shard_of;
 
 pub mod cleanup;
+pub mod log_relay;
 pub mod relay;
 pub use cleanup::{Cleanup, CleanupBuilder, CleanupError, CleanupReport};
 pub use relay::{
@@ -106,6 +107,7 @@ pub use context::{NoTransaction, TransactionExt, with_transaction};
 pub mod inbox;
 pub use inbox::{BatchItem, Inbox, InboxError, Processed};
 
+mod capture;
 mod codec;
 mod delivery;
 mod error;
@@ -116,6 +118,7 @@ mod sql;
 mod status;
 mod uow;
 
+pub use capture::Capture;
 pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;
 pub use outbox::{Outbox, OutboxBuilder};

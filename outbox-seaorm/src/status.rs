@@ -10,6 +10,9 @@ pub(crate) enum EventStatus {
     Published = 1,
     /// Given up on: refused, or out of attempts.
     Dead = 2,
+    /// Written for the log relay ([`crate::Capture::LogTable`]): it publishes the row from the
+    /// write-ahead log, no relay polls or marks it, cleanup deletes it by age.
+    Captured = 3,
 }
 
 /// `outbox_delivery.status`: where an (event, in-process handler) pair stands.

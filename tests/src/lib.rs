@@ -154,6 +154,39 @@ pub fn database_name(test: &str, backend: Backend) -> String {
     format!("obx_{b}_{tail}_{hash:08x}")
 }
 
+/// Drops the replication slots an earlier run of a log relay test left on database `name`
+/// (a database with a slot cannot be dropped), ending the sessions that still hold them.
+async fn drop_slots_of(admin: &DatabaseConnection, name: &str) {
+    let sql = format!(
+        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots \
+         WHERE database = '{name}' AND active_pid IS NOT NULL"
+    );
+    let _ = admin
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await;
+    let sql = format!(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE database = '{name}' AND NOT active"
+    );
+    for _ in 0..50 {
+        if admin
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql.clone()))
+            .await
+            .is_ok()
+        {
+            let left = format!("SELECT 1 FROM pg_replication_slots WHERE database = '{name}'");
+            match admin
+                .query_one_raw(Statement::from_string(DbBackend::Postgres, left))
+                .await
+            {
+                Ok(None) => return,
+                _ => {}
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Creates an empty database named after `test` on `backend` and applies the outbox migrations.
 ///
 /// Returns `None` (after printing why) when the server is unreachable outside CI.
@@ -187,6 +220,9 @@ pub async fn fresh(backend: Backend, test: &str) -> Option<TestDb> {
                 ),
             };
             let db_backend = admin.get_database_backend();
+            if backend == Backend::Postgres {
+                drop_slots_of(&admin, &name).await;
+            }
             admin
                 .execute_raw(Statement::from_string(db_backend, drop))
                 .await
