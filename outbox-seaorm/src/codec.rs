@@ -166,6 +166,32 @@ impl Stored {
         })
     }
 
+    /// Reads the [`read_columns`] from a row given as text (a logical replication insert):
+    /// `column` returns a column's text, `None` for `NULL` or a column the row does not have.
+    ///
+    /// # Errors
+    /// The name of a required column that is missing or does not parse.
+    pub(crate) fn from_text<'a>(
+        column: impl Fn(&str) -> Option<&'a str>,
+    ) -> Result<Stored, &'static str> {
+        let text = |name: &'static str| column(name).map(str::to_owned).ok_or(name);
+        let number = |name: &'static str| -> Result<i64, &'static str> {
+            column(name).and_then(|t| t.parse().ok()).ok_or(name)
+        };
+        Ok(Stored {
+            id: text("id")?,
+            aggregate_type: text("aggregatetype")?,
+            aggregate_id: text("aggregateid")?,
+            event_type: text("type")?,
+            version: i32::try_from(number("version")?).map_err(|_| "version")?,
+            sequence: number("sequence")?,
+            payload: text("payload")?,
+            metadata: column("metadata").map(str::to_owned),
+            topic: column("topic").map(str::to_owned),
+            occurred_at: number("occurred_at")?,
+        })
+    }
+
     /// The event id, as stored.
     pub(crate) fn id(&self) -> &str {
         &self.id
@@ -220,5 +246,33 @@ mod tests {
         assert_eq!(columns()[..READ].len(), read_columns().len());
         assert!(matches!(columns()[READ], Outbox::Shard));
         assert_eq!(pg_types().len(), columns().len());
+    }
+
+    #[test]
+    fn reads_a_row_given_as_text() {
+        // The names `from_text` asks for are the columns' own.
+        let names: Vec<String> = read_columns()
+            .iter()
+            .map(|c| c.unquoted().to_owned())
+            .collect();
+        let id = Uuid::now_v7().to_string();
+        let value = |name: &str| -> Option<&str> {
+            match name {
+                "id" => Some(id.as_str()),
+                "version" => Some("2"),
+                "sequence" | "occurred_at" => Some("7"),
+                "metadata" | "topic" => None,
+                other if names.iter().any(|n| n == other) => Some("x"),
+                _ => None,
+            }
+        };
+        let envelope = Stored::from_text(value).unwrap().envelope().unwrap();
+        assert_eq!(envelope.id().to_string(), id);
+        assert_eq!((envelope.event_version(), envelope.sequence()), (2, 7));
+        assert_eq!(envelope.event_name(), "x");
+        assert_eq!(
+            Stored::from_text(|name| (name != "sequence").then_some("1")).err(),
+            Some("sequence")
+        );
     }
 }
