@@ -5,8 +5,11 @@
 //! database is used only to create the per-test databases). A test that cannot reach its service
 //! fails under CI (`CI=true`) and is skipped with a printed reason elsewhere.
 
+pub mod broker;
+pub mod counters;
 pub mod documents;
 pub mod fixtures;
+pub mod log;
 pub mod reader;
 
 use std::net::{TcpStream, ToSocketAddrs};

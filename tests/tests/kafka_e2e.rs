@@ -10,8 +10,6 @@
 //! and a consumer group of its own. Unreachable broker: failure under `CI=true`, skip elsewhere.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use outbox_core::{
@@ -21,8 +19,9 @@ use outbox_core::{
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, dlt, provision_topics};
 use outbox_seaorm::relay::{Relay, pending_count};
 use outbox_seaorm::{Outbox, TransactionExt};
+use outbox_tests::broker::start_own_broker;
 use outbox_tests::reader::{self, Read as Received};
-use outbox_tests::{Backend, TestDb, fresh, kafka_brokers, unavailable};
+use outbox_tests::{Backend, TestDb, fresh, kafka_brokers};
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -464,92 +463,6 @@ async fn saved_events_reach_tansu_with_their_headers_and_are_applied_once() {
 }
 
 // ---- 2. broker outage while saves go on ----
-
-/// A tansu broker of the test's own, killed (and thawed first) when dropped.
-struct OwnBroker {
-    child: Child,
-    url: String,
-}
-
-impl OwnBroker {
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill {signal} failed");
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tansu_bin() -> std::path::PathBuf {
-    if let Ok(bin) = std::env::var("OUTBOX_TANSU_BIN") {
-        return bin.into();
-    }
-    let tools = std::env::var("OUTBOX_TOOLS").map_or_else(
-        |_| {
-            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                .join(".cache/outbox-tools")
-        },
-        std::path::PathBuf::from,
-    );
-    tools.join("bin/tansu")
-}
-
-/// Starts a memory-storage tansu on a free loopback port.
-fn start_own_broker() -> Option<OwnBroker> {
-    let bin = tansu_bin();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = match Command::new(&bin)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            return unavailable(
-                &format!("tansu binary {} (scripts/tansu.sh install)", bin.display()),
-                &e,
-            );
-        }
-    };
-    let broker = OwnBroker {
-        child,
-        url: format!("127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&broker.url).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "own tansu did not listen on {url}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(broker)
-}
 
 /// How long the broker stays frozen.
 const OUTAGE: Duration = Duration::from_secs(30);

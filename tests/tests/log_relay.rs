@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use outbox_core::Envelope;
 use outbox_core::testing::InMemoryPublisher;
-use outbox_seaorm::log_relay::{LogRelay, LogStats, slot_status};
+use outbox_seaorm::log_relay::{LogRelay, slot_status};
 use outbox_tests::fixtures::{
     Published, as_refs, assert_ordered, count, insert_events, round_robin,
 };
+use outbox_tests::log::RunningLogRelay;
 use outbox_tests::{Backend, TestDb, database_name, fresh};
 use sea_orm::TransactionTrait;
 
@@ -32,35 +33,6 @@ fn published(publisher: &InMemoryPublisher) -> Vec<Published> {
 async fn database(test: &str) -> Option<(TestDb, String)> {
     let db = fresh(Backend::Postgres, test).await?;
     Some((db, database_name(test, Backend::Postgres)))
-}
-
-/// A log relay running in its own task until stopped.
-struct Running {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<LogStats>,
-}
-
-impl Running {
-    fn start(relay: LogRelay) -> Running {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .expect("log relay")
-        });
-        Running { stop, task }
-    }
-
-    async fn stop(self) -> LogStats {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("log relay stops in time")
-            .expect("log relay task")
-    }
 }
 
 async fn wait_for(what: &str, timeout: Duration, mut done: impl AsyncFnMut() -> bool) {
@@ -88,7 +60,7 @@ async fn publishes_table_rows_in_order_and_marks_them() {
     let publisher = InMemoryPublisher::new();
     let relay = relay(&db, &slot, &publisher);
     relay.setup().await.expect("slot and publication");
-    let running = Running::start(relay);
+    let running = RunningLogRelay::start(relay);
     let pairs = round_robin(20, 300);
     let mut written = 0;
     for chunk in pairs.chunks(30) {
@@ -129,7 +101,7 @@ async fn resumes_from_the_confirmed_position() {
     let first = insert_events(&db.db, &as_refs(&round_robin(5, 50)))
         .await
         .len();
-    let running = Running::start(relay(&db, &slot, &publisher));
+    let running = RunningLogRelay::start(relay(&db, &slot, &publisher));
     wait_for("the first events", Duration::from_secs(30), async || {
         publisher.published().count() >= first
     })
@@ -155,7 +127,7 @@ async fn resumes_from_the_confirmed_position() {
     );
     let second = insert_events(&db.db, &as_refs(&round_robin(5, 50))).await;
     let publisher2 = InMemoryPublisher::new();
-    let running = Running::start(relay(&db, &slot, &publisher2));
+    let running = RunningLogRelay::start(relay(&db, &slot, &publisher2));
     wait_for("the second events", Duration::from_secs(30), async || {
         publisher2.published().count() >= second.len()
     })
@@ -176,7 +148,7 @@ async fn an_idle_slot_keeps_no_log() {
         return;
     };
     let publisher = InMemoryPublisher::new();
-    let running = Running::start(relay(&db, &slot, &publisher));
+    let running = RunningLogRelay::start(relay(&db, &slot, &publisher));
     wait_for("the slot held", Duration::from_secs(30), async || {
         slot_status(&db.db, &slot)
             .await

@@ -5,32 +5,15 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::{AggregateRoot, DeferredDispatcher, DomainEvent, DomainEvents, HandlerRegistry};
+use outbox_core::{DeferredDispatcher, HandlerRegistry};
 use outbox_seaorm::Outbox;
 use outbox_seaorm::relay::pending_count;
+use outbox_tests::counters::CounterLoad;
 use outbox_tests::fixtures::{Published, assert_ordered};
 use outbox_tests::{Backend, TestDb, db_tests};
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
-
-/// A counter was bumped.
-#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
-struct CounterBumped {
-    by: u32,
-}
-
-#[derive(Debug, AggregateRoot)]
-#[aggregate(name = "Counter")]
-struct Counter {
-    #[aggregate(id)]
-    id: String,
-    #[aggregate(events)]
-    events: DomainEvents,
-}
 
 fn read_lines(path: &Path) -> Vec<Published> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -68,40 +51,13 @@ async fn relays_killed_at_random_while_saving_lose_nothing(t: TestDb) {
         .dispatcher(DeferredDispatcher)
         .build();
 
-    // Saves go on in the background: 40 aggregates, 1 to 3 events per transaction.
-    let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let outbox = outbox.clone();
-        let done = Arc::clone(&done);
-        tokio::spawn(async move {
-            let mut written: Vec<Uuid> = Vec::new();
-            let started = Instant::now();
-            let mut i = 0u32;
-            while started.elapsed() < Duration::from_secs(5) {
-                let mut counter = Counter {
-                    id: format!("c{}", i % 40),
-                    events: DomainEvents::new(),
-                };
-                for by in 0..=(i % 3) {
-                    counter.register_event(CounterBumped { by });
-                }
-                let ids: Vec<Uuid> = counter.events.as_slice().iter().map(|e| e.id()).collect();
-                let mut uow = outbox.begin().await.expect("begin");
-                uow.record(&mut counter).await.expect("record");
-                uow.commit().await.expect("commit");
-                written.extend(ids);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
-            }
-            done.store(true, Ordering::SeqCst);
-            written
-        })
-    };
+    // Saves go on in the background for 5 s: 40 aggregates, 1 to 3 events per transaction.
+    let writer = tokio::spawn(CounterLoad::new(outbox, 40).run_for(Duration::from_secs(5), 3));
 
     // Meanwhile relays are killed and restarted at random moments.
     let mut workers: Vec<Child> = (0..relays).map(|_| spawn_worker(&t, &out)).collect();
     let mut kills = 0;
-    while !done.load(Ordering::SeqCst) {
+    while !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(50..400))).await;
         let victim = fastrand::usize(0..workers.len());
         workers[victim].kill().expect("SIGKILL a relay");
@@ -109,7 +65,7 @@ async fn relays_killed_at_random_while_saving_lose_nothing(t: TestDb) {
         kills += 1;
         workers[victim] = spawn_worker(&t, &out);
     }
-    let written = writer.await.expect("writer");
+    let written = writer.await.expect("writer").committed;
 
     // The last relays drain what is left.
     let start = Instant::now();

@@ -4,11 +4,20 @@
 //! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
 //!     [--batch-size 500] [--concurrency 2] [--delete-published] [--topic-prefix shop.] \
 //!     [--kafka-config compression.type=zstd]... [--provision-topics] [--cleanup-after-secs 86400] \
-//!     [--publish-timeout-secs 60]
+//!     [--publish-timeout-secs 60] \
+//!     [--log [--slot outbox] [--publication outbox] [--lag-warning-bytes N] [--heartbeat-secs 10]]
 //! ```
 //!
-//! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration exits with
-//! code 2; on shutdown a one-line summary is printed.
+//! By default it polls the outbox table ([`Relay`]). With `--log` (PostgreSQL only) it reads
+//! the write-ahead log through a logical replication slot instead ([`LogRelay`]): the database
+//! needs `wal_level=logical` and the user the `REPLICATION` attribute; the slot and the
+//! publication are created when missing, and a second instance on the same slot stands by
+//! until the first one's session ends. `--concurrency` is then the number of publishing lanes;
+//! `--delete-published` does not apply.
+//!
+//! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration (including a
+//! database that cannot carry a log relay) exits with code 2; on shutdown a one-line summary
+//! is printed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,6 +25,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use outbox_core::error_chain;
 use outbox_kafka::KafkaPublisher;
+use outbox_seaorm::log_relay::{DEFAULT_SLOT, LogRelay, LogRelayError};
 use outbox_seaorm::{Cleanup, Completion, Relay};
 use tokio::sync::watch;
 
@@ -56,6 +66,30 @@ struct Args {
     /// retried and the cycle's shards are released. Keep it above `message.timeout.ms`.
     #[arg(long, env = "OUTBOX_PUBLISH_TIMEOUT_SECS", default_value_t = 60)]
     publish_timeout_secs: u64,
+    /// Read the write-ahead log through a logical replication slot instead of polling the
+    /// table (PostgreSQL with wal_level=logical; the user needs REPLICATION).
+    #[arg(long, env = "OUTBOX_LOG")]
+    log: bool,
+    /// With --log: the replication slot (created when missing).
+    #[arg(long, env = "OUTBOX_SLOT", default_value = DEFAULT_SLOT)]
+    slot: String,
+    /// With --log: the publication of the outbox table's inserts (default: the slot's name).
+    #[arg(long, env = "OUTBOX_PUBLICATION")]
+    publication: Option<String>,
+    /// With --log: warn while the slot keeps more write-ahead log than this many bytes.
+    #[arg(long, env = "OUTBOX_LAG_WARNING_BYTES", default_value_t = 1 << 30)]
+    lag_warning_bytes: u64,
+    /// With --log: how often an idle relay emits and confirms a heartbeat, so an idle slot
+    /// keeps no log.
+    #[arg(long, env = "OUTBOX_HEARTBEAT_SECS", default_value_t = 10)]
+    heartbeat_secs: u64,
+}
+
+/// What a relay did, for the summary line.
+struct Summary {
+    published: u64,
+    retried: u64,
+    dead: u64,
 }
 
 /// Completes once `stop` turns true (or its sender is gone).
@@ -127,6 +161,28 @@ async fn run(args: Args) -> ExitCode {
         eprintln!("outbox-relay: --publish-timeout-secs must be at least 1");
         return ExitCode::from(2);
     }
+    if args.log {
+        if !(args.database_url.starts_with("postgres://")
+            || args.database_url.starts_with("postgresql://"))
+        {
+            eprintln!(
+                "outbox-relay: --log reads PostgreSQL's write-ahead log; --database-url must be \
+                 a postgres:// URL"
+            );
+            return ExitCode::from(2);
+        }
+        if args.delete_published {
+            eprintln!(
+                "outbox-relay: --delete-published does not apply with --log (rows are marked \
+                 published; --cleanup-after-secs deletes them)"
+            );
+            return ExitCode::from(2);
+        }
+        if args.heartbeat_secs == 0 {
+            eprintln!("outbox-relay: --heartbeat-secs must be at least 1");
+            return ExitCode::from(2);
+        }
+    }
     let mut builder = KafkaPublisher::builder(&args.brokers).topic_prefix(&args.topic_prefix);
     for (k, v) in &args.kafka_config {
         builder = builder.set(k, v);
@@ -165,6 +221,46 @@ async fn run(args: Args) -> ExitCode {
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { cleanup.run_until(stop).await })
     });
+    let started = Instant::now();
+    let outcome = if args.log {
+        // The log relay opens its own connections; this pool serves the cleanup only.
+        run_log(&args, publisher, stopped(stop_rx)).await
+    } else {
+        run_table(&args, db, publisher, stopped(stop_rx)).await
+    };
+    if let Some(cleanup) = cleanup {
+        // A relay that cannot run takes the cleanup beside it down too.
+        if outcome.is_err() {
+            cleanup.abort();
+        }
+        match cleanup.await {
+            Ok(Err(e)) => eprintln!("outbox-relay: cleanup stopped: {}", error_chain(&e)),
+            Err(e) if !e.is_cancelled() => eprintln!("outbox-relay: cleanup task failed: {e}"),
+            _ => {}
+        }
+    }
+    match outcome {
+        Ok(stats) => {
+            println!(
+                "outbox-relay: published {}, retried {}, dead-lettered {}, elapsed {:.1}s",
+                stats.published,
+                stats.retried,
+                stats.dead,
+                started.elapsed().as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Polls the outbox table until `stop`.
+async fn run_table(
+    args: &Args,
+    db: sea_orm::DatabaseConnection,
+    publisher: KafkaPublisher,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, ExitCode> {
     let completion = if args.delete_published {
         Completion::Delete
     } else {
@@ -176,29 +272,51 @@ async fn run(args: Args) -> ExitCode {
         .completion(completion)
         .publish_timeout(Duration::from_secs(args.publish_timeout_secs))
         .build();
-    let started = Instant::now();
-    let outcome = relay.run_until(stopped(stop_rx)).await;
-    if let Some(cleanup) = cleanup {
-        match cleanup.await {
-            Ok(Err(e)) => eprintln!("outbox-relay: cleanup stopped: {}", error_chain(&e)),
-            Err(e) => eprintln!("outbox-relay: cleanup task failed: {e}"),
-            Ok(Ok(_)) => {}
+    match relay.run_until(stop).await {
+        Ok(stats) => Ok(Summary {
+            published: stats.published(),
+            retried: stats.failed(),
+            dead: stats.dead(),
+        }),
+        Err(e) => {
+            eprintln!("outbox-relay: {}", error_chain(&e));
+            Err(ExitCode::from(1))
         }
     }
-    match outcome {
-        Ok(stats) => {
-            println!(
-                "outbox-relay: published {}, retried {}, dead-lettered {}, elapsed {:.1}s",
-                stats.published(),
-                stats.failed(),
-                stats.dead(),
-                started.elapsed().as_secs_f64()
+}
+
+/// Reads the write-ahead log through the slot until `stop` (`--log`).
+async fn run_log(
+    args: &Args,
+    publisher: KafkaPublisher,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<Summary, ExitCode> {
+    let publication = args.publication.as_deref().unwrap_or(&args.slot);
+    let relay = LogRelay::builder(&args.database_url, publisher)
+        .slot(&args.slot)
+        .publication(publication)
+        .batch_size(args.batch_size)
+        .concurrency(args.concurrency)
+        .publish_timeout(Duration::from_secs(args.publish_timeout_secs))
+        .lag_warning(args.lag_warning_bytes)
+        .heartbeat(Duration::from_secs(args.heartbeat_secs))
+        .build();
+    match relay.run_until(stop).await {
+        Ok(stats) => Ok(Summary {
+            published: stats.published,
+            retried: stats.retried,
+            dead: stats.dead_lettered,
+        }),
+        Err(e @ (LogRelayError::Url(_) | LogRelayError::Setup(_))) => {
+            eprintln!(
+                "outbox-relay: this database cannot carry a log relay: {}",
+                error_chain(&e)
             );
-            ExitCode::SUCCESS
+            Err(ExitCode::from(2))
         }
         Err(e) => {
             eprintln!("outbox-relay: {}", error_chain(&e));
-            ExitCode::from(1)
+            Err(ExitCode::from(1))
         }
     }
 }
