@@ -8,6 +8,7 @@
 pub mod documents;
 pub mod fixtures;
 pub mod reader;
+pub mod recorder;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Once;
