@@ -175,12 +175,11 @@ async fn drop_slots_of(admin: &DatabaseConnection, name: &str) {
             .is_ok()
         {
             let left = format!("SELECT 1 FROM pg_replication_slots WHERE database = '{name}'");
-            match admin
+            if let Ok(None) = admin
                 .query_one_raw(Statement::from_string(DbBackend::Postgres, left))
                 .await
             {
-                Ok(None) => return,
-                _ => {}
+                return;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
