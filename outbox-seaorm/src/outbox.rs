@@ -292,6 +292,8 @@ impl Outbox {
     /// Runs a plan on the pool: without a transaction when it is one statement, else in one.
     async fn execute(&self, plan: save::Plan) -> Result<Written, Error> {
         let db = &self.inner.db;
+        // Before a transaction begins (on SQLite it takes the write lock).
+        save::check_capture(&plan, db.get_database_backend())?;
         if save::is_one_statement(&plan, db.get_database_backend()) {
             return save::execute(db, plan).await;
         }

@@ -330,6 +330,18 @@ pub(crate) fn is_one_statement(plan: &Plan, backend: DbBackend) -> bool {
         )
 }
 
+/// Refuses a log capture mode on a database without logical decoding, before anything is
+/// written.
+pub(crate) fn check_capture(plan: &Plan, backend: DbBackend) -> Result<(), Error> {
+    if plan.capture != Capture::Table && backend != DbBackend::Postgres {
+        return Err(Error::CaptureUnsupported {
+            capture: plan.capture,
+            backend,
+        });
+    }
+    Ok(())
+}
+
 /// Runs `plan` through `conn`: one statement on PostgreSQL when it fits, else statement by
 /// statement (then `conn` must be a transaction, unless [`is_one_statement`]).
 pub(crate) async fn execute<C: ConnectionTrait>(
@@ -337,12 +349,7 @@ pub(crate) async fn execute<C: ConnectionTrait>(
     mut plan: Plan,
 ) -> Result<Written, Error> {
     let backend = conn.get_database_backend();
-    if plan.capture != Capture::Table && backend != DbBackend::Postgres {
-        return Err(Error::CaptureUnsupported {
-            capture: plan.capture,
-            backend,
-        });
-    }
+    check_capture(&plan, backend)?;
     if plan.is_empty() {
         return Ok(Written::empty());
     }
