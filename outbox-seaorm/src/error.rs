@@ -2,7 +2,9 @@
 
 use std::ops::Deref;
 
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr, RuntimeErr};
+
+use crate::capture::Capture;
 
 /// What can go wrong while saving an aggregate with its events, or while delivering them.
 ///
@@ -111,6 +113,18 @@ pub enum Error {
         /// The aggregate's id.
         aggregate_id: String,
     },
+    /// The outbox's [`Capture`] mode needs PostgreSQL's logical decoding, and this database is
+    /// another (MySQL, MariaDB or SQLite); nothing was written. Use [`Capture::Table`] there.
+    #[error(
+        "capture mode {capture:?} needs PostgreSQL with wal_level=logical, not {backend:?}: \
+         use Capture::Table on this database"
+    )]
+    CaptureUnsupported {
+        /// The mode asked for.
+        capture: Capture,
+        /// The database's backend.
+        backend: DbBackend,
+    },
 }
 
 /// The stored version of a conflict, for its message.
@@ -135,7 +149,8 @@ impl Error {
             | Error::Conflict { .. }
             | Error::VersionColumn { .. }
             | Error::VersionOutOfRange { .. }
-            | Error::VersionedRowNeeded { .. } => false,
+            | Error::VersionedRowNeeded { .. }
+            | Error::CaptureUnsupported { .. } => false,
         }
     }
 

@@ -13,6 +13,7 @@ use sea_orm::{
     IntoActiveModel, ModelTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
+use crate::capture::Capture;
 use crate::delivery::dispatch_job_within;
 use crate::error::Error;
 use crate::notifier::Notifier;
@@ -36,6 +37,7 @@ struct Inner {
     retry: RetryPolicy,
     grace: Duration,
     handler_timeout: Duration,
+    capture: Capture,
     notifier: Notifier,
 }
 
@@ -47,6 +49,7 @@ impl fmt::Debug for Outbox {
             .field("retry", &self.inner.retry)
             .field("delivery_grace", &self.inner.grace)
             .field("handler_timeout", &self.inner.handler_timeout)
+            .field("capture", &self.inner.capture)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +63,7 @@ pub struct OutboxBuilder {
     retry: RetryPolicy,
     grace: Duration,
     handler_timeout: Duration,
+    capture: Capture,
 }
 
 impl fmt::Debug for OutboxBuilder {
@@ -70,6 +74,7 @@ impl fmt::Debug for OutboxBuilder {
             .field("retry", &self.retry)
             .field("delivery_grace", &self.grace)
             .field("handler_timeout", &self.handler_timeout)
+            .field("capture", &self.capture)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +117,21 @@ impl OutboxBuilder {
         self
     }
 
+    /// Sets how saves hand their events to a relay (default [`Capture::Table`]: pending rows
+    /// for the table relay). [`Capture::LogTable`] and [`Capture::Messages`] are for the log
+    /// relay and need PostgreSQL with `wal_level=logical`: on another database every save fails
+    /// with [`Error::CaptureUnsupported`] and writes nothing. In those modes no `NOTIFY` wakes
+    /// the table relay after a commit (it has nothing to poll).
+    ///
+    /// Every save of this outbox uses it: [`Outbox::save`], [`Outbox::delete`],
+    /// [`Outbox::save_in`], [`Outbox::write`] and [`UnitOfWork`]; the free functions
+    /// [`crate::save_in`] and [`crate::write_events`] do not (they write as [`Capture::Table`];
+    /// see [`crate::save_in_with`] and [`crate::write_events_with`]).
+    pub fn capture(mut self, capture: Capture) -> Self {
+        self.capture = capture;
+        self
+    }
+
     /// Builds the outbox.
     ///
     /// Two in-process handlers under one id cannot both be run: their delivery rows would be
@@ -129,6 +149,7 @@ impl OutboxBuilder {
                 retry: self.retry,
                 grace: self.grace,
                 handler_timeout: self.handler_timeout,
+                capture: self.capture,
                 notifier: Notifier::new(),
             }),
         }
@@ -160,6 +181,7 @@ impl Outbox {
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
             handler_timeout: Handler::DEFAULT_TIMEOUT,
+            capture: Capture::Table,
         }
     }
 
@@ -188,6 +210,11 @@ impl Outbox {
         self.inner.handler_timeout
     }
 
+    /// How its saves hand their events to a relay ([`OutboxBuilder::capture`]).
+    pub fn capture(&self) -> Capture {
+        self.inner.capture
+    }
+
     /// Saves `aggregate` and its pending events in one transaction.
     ///
     /// The aggregate's row is written first:
@@ -213,8 +240,9 @@ impl Outbox {
     ///
     /// # Errors
     /// [`Error::Conflict`] when a versioned aggregate's stored version moved, [`Error::Event`]
-    /// when an event does not serialize, [`Error::Database`] when a statement or the commit
-    /// fails. In every error case nothing was committed and `aggregate` still holds its events
+    /// when an event does not serialize, [`Error::CaptureUnsupported`] when the outbox's
+    /// [`Capture`] mode needs PostgreSQL and this database is another, [`Error::Database`] when
+    /// a statement or the commit fails. In every error case nothing was committed and `aggregate` still holds its events
     /// and its version.
     pub async fn save<A>(&self, aggregate: &mut A) -> Result<(), Error>
     where
@@ -227,6 +255,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             backend,
         )?;
         let written = self.execute(plan).await?;
@@ -252,6 +281,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             backend,
         )?;
         let written = self.execute(plan).await?;
@@ -262,6 +292,8 @@ impl Outbox {
     /// Runs a plan on the pool: without a transaction when it is one statement, else in one.
     async fn execute(&self, plan: save::Plan) -> Result<Written, Error> {
         let db = &self.inner.db;
+        // Before a transaction begins (on SQLite it takes the write lock).
+        save::check_capture(&plan, db.get_database_backend())?;
         if save::is_one_statement(&plan, db.get_database_backend()) {
             return save::execute(db, plan).await;
         }
@@ -302,6 +334,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             conn.get_database_backend(),
         )?;
         save::execute(conn, plan).await
@@ -328,6 +361,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
         )?;
         save::execute(conn, plan).await
     }
@@ -353,7 +387,8 @@ impl Outbox {
 
     /// Hands committed events to the dispatcher.
     pub(crate) async fn dispatch(&self, written: Written) {
-        if !written.is_empty() {
+        // Only the table relay polls rows and listens for a wake-up.
+        if !written.is_empty() && self.inner.capture == Capture::Table {
             self.inner.notifier.wake(&self.inner.db);
         }
         if written.deliveries() == 0 {

@@ -121,6 +121,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
             self.txn.get_database_backend(),
         );
         self.run(aggregate, plan).await
@@ -140,6 +141,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
             self.txn.get_database_backend(),
         );
         self.run(aggregate, plan).await
@@ -161,6 +163,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
         );
         self.run(aggregate, plan).await
     }
