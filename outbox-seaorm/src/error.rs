@@ -125,6 +125,18 @@ pub enum Error {
         /// The database's backend.
         backend: DbBackend,
     },
+    /// The outbox's [`Capture`] mode hands events to the log relay, and the database has no
+    /// pgoutput replication slot yet: events saved now would never reach it, so nothing was
+    /// written. Create the slot first ([`crate::log_relay::setup`], which the log relay also
+    /// runs when it starts). Retryable: the save goes through once the slot exists.
+    #[error(
+        "capture mode {capture:?} hands events to the log relay, but this database has no \
+         pgoutput replication slot yet; create it first (log_relay::setup, or start the log relay)"
+    )]
+    NoLogSlot {
+        /// The mode asked for.
+        capture: Capture,
+    },
 }
 
 /// The stored version of a conflict, for its message.
@@ -142,6 +154,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(err) => db_err_is_retryable(err),
+            Error::NoLogSlot { .. } => true,
             Error::Event { .. }
             | Error::Row { .. }
             | Error::NotFound { .. }

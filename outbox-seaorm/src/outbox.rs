@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox_core::{
@@ -39,6 +40,8 @@ struct Inner {
     handler_timeout: Duration,
     capture: Capture,
     notifier: Notifier,
+    /// Set once a pgoutput slot was seen in the database (log capture modes).
+    slot_seen: AtomicBool,
 }
 
 impl fmt::Debug for Outbox {
@@ -151,6 +154,7 @@ impl OutboxBuilder {
                 handler_timeout: self.handler_timeout,
                 capture: self.capture,
                 notifier: Notifier::new(),
+                slot_seen: AtomicBool::new(false),
             }),
         }
     }
@@ -294,6 +298,7 @@ impl Outbox {
         let db = &self.inner.db;
         // Before a transaction begins (on SQLite it takes the write lock).
         save::check_capture(&plan, db.get_database_backend())?;
+        self.check_slot(db).await?;
         if save::is_one_statement(&plan, db.get_database_backend()) {
             return save::execute(db, plan).await;
         }
@@ -301,6 +306,31 @@ impl Outbox {
         let written = save::execute(&txn, plan).await?;
         txn.commit().await?;
         Ok(written)
+    }
+
+    /// In a log capture mode, checks (once, then remembered) that the database has a pgoutput
+    /// replication slot: events saved before one exists would never reach the log relay.
+    pub(crate) async fn check_slot<C: ConnectionTrait>(&self, conn: &C) -> Result<(), Error> {
+        let capture = self.inner.capture;
+        if capture == Capture::Table
+            || conn.get_database_backend() != DbBackend::Postgres
+            || self.inner.slot_seen.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let found = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_replication_slots \
+                 WHERE database = current_database() AND plugin = 'pgoutput'",
+            ))
+            .await?
+            .is_some();
+        if !found {
+            return Err(Error::NoLogSlot { capture });
+        }
+        self.inner.slot_seen.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Begins a [`UnitOfWork`]: several aggregates and the caller's own writes in one
@@ -337,6 +367,7 @@ impl Outbox {
             self.inner.capture,
             conn.get_database_backend(),
         )?;
+        self.check_slot(conn).await?;
         save::execute(conn, plan).await
     }
 

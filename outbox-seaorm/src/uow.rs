@@ -94,7 +94,10 @@ impl<'a> UnitOfWork<'a> {
     {
         self.check()?;
         let result = match plan {
-            Ok(plan) => save::execute(&self.txn, plan).await,
+            Ok(plan) => match self.outbox.check_slot(&self.txn).await {
+                Ok(()) => save::execute(&self.txn, plan).await,
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         };
         let written = self.spoil(result)?;

@@ -221,6 +221,16 @@ impl Slot {
             .await
             .expect("slot created within 60 s")
             .expect("create slot (wal_level=logical?)");
+        // The log relay's own slot: saves in a log mode refuse to run without one.
+        let create = db.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            [format!("{name}_relay").into()],
+        ));
+        tokio::time::timeout(Duration::from_secs(60), create)
+            .await
+            .expect("slot created within 60 s")
+            .expect("create the relay's slot");
         Slot { name }
     }
 
@@ -255,13 +265,15 @@ impl Slot {
     }
 
     async fn drop(self, db: &impl ConnectionTrait) {
-        db.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT pg_drop_replication_slot($1)",
-            [self.name.into()],
-        ))
-        .await
-        .expect("drop slot");
+        for name in [format!("{}_relay", self.name), self.name] {
+            db.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_drop_replication_slot($1)",
+                [name.into()],
+            ))
+            .await
+            .expect("drop slot");
+        }
     }
 }
 
@@ -588,6 +600,7 @@ async fn log_table_rows_are_captured(t: TestDb) {
 /// save, but never one whose in-process delivery is not done, nor a pending row.
 async fn cleanup_deletes_old_captured_rows(t: TestDb) {
     let outbox = setup(&t, Capture::LogTable).await;
+    let slot = Slot::create(&t.db).await;
     let mut o = new_order("o-1", 1);
     o.register_event(OrderPlaced { amount: 2 });
     outbox.save(&mut o).await.expect("save");
@@ -634,6 +647,7 @@ async fn cleanup_deletes_old_captured_rows(t: TestDb) {
         count(&t.db, "outbox", "aggregateid = 'o-3' AND status = 0").await,
         1
     );
+    slot.drop(&t.db).await;
 }
 
 /// Without logical decoding (MariaDB, SQLite) both log modes are refused and write nothing,
@@ -714,7 +728,46 @@ macro_rules! pg_tests {
     )*};
 }
 
+/// Without a pgoutput slot in the database, a log-mode save is refused and writes nothing (its
+/// events would never reach the log relay); once a slot exists it goes through.
+async fn log_modes_refused_without_a_slot(t: TestDb) {
+    let mut first = true;
+    for capture in [Capture::LogTable, Capture::Messages] {
+        let outbox = if std::mem::take(&mut first) {
+            setup(&t, capture).await
+        } else {
+            outbox(&t, capture)
+        };
+        let mut o = new_order(&format!("o-{capture:?}"), 1);
+        let err = outbox.save(&mut o).await.expect_err("no slot yet");
+        assert!(
+            matches!(err, Error::NoLogSlot { capture: c } if c == capture),
+            "{err:?}"
+        );
+        assert!(err.is_retryable());
+        assert_eq!(o.pending_events().len(), 1, "keeps its event");
+        let mut uow = outbox.begin().await.expect("begin");
+        assert!(matches!(
+            uow.save(&mut o).await,
+            Err(Error::NoLogSlot { .. })
+        ));
+        drop(uow);
+        assert_eq!(count(&t.db, "orders", "1 = 1").await, 0);
+        assert_eq!(count(&t.db, "outbox", "1 = 1").await, 0);
+        let slot = Slot::create(&t.db).await;
+        outbox
+            .save(&mut o)
+            .await
+            .expect("saved once the slot exists");
+        assert!(o.pending_events().is_empty());
+        slot.drop(&t.db).await;
+        exec(&t.db, "DELETE FROM orders").await;
+        exec(&t.db, "DELETE FROM outbox").await;
+    }
+}
+
 pg_tests!(
+    log_modes_refused_without_a_slot,
     messages_unversioned,
     messages_versioned,
     messages_roll_back_with_the_transaction,

@@ -391,3 +391,57 @@ async fn refuses_a_database_it_cannot_read() {
     let error = relay.setup().await.unwrap_err();
     assert!(error.to_string().contains("lowercase"), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_saves_of_every_capture_mode_once() {
+    use outbox_seaorm::{Capture, Outbox};
+    use outbox_tests::documents::{create_table, new_document, revise};
+    let Some((db, slot)) = database("log_relay::capture_modes").await else {
+        return;
+    };
+    create_table(&db.db).await;
+    let publisher = InMemoryPublisher::new();
+    let relay = relay(&db, &slot, &publisher);
+    relay.setup().await.unwrap();
+    let running = Running::start(relay);
+    let modes = [Capture::Table, Capture::LogTable, Capture::Messages];
+    let mut saved = 0;
+    for (m, capture) in modes.into_iter().enumerate() {
+        let outbox = Outbox::builder(db.db.clone()).capture(capture).build();
+        for d in 0..4 {
+            let mut doc = new_document(&format!("{m}-{d}"));
+            for _ in 0..5 {
+                revise(&outbox, &mut doc, 100).await;
+                saved += 1;
+            }
+        }
+    }
+    wait_for("every save", Duration::from_secs(30), async || {
+        publisher.published().count() >= saved
+    })
+    .await;
+    wait_for(
+        "the table rows marked",
+        Duration::from_secs(30),
+        async || count(&db.db, "outbox", "status = 0").await == 0,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.stop().await;
+    let events = published(&publisher);
+    assert_eq!(events.len(), saved, "each event exactly once");
+    assert_eq!(assert_ordered(&events), 0);
+    for (aggregate, sequence, _) in &events {
+        assert!((1..=5).contains(sequence), "{aggregate} #{sequence}");
+    }
+    // Table rows were marked, LogTable rows stay captured, messages left no row.
+    assert_eq!(
+        count(&db.db, "outbox", "aggregateid LIKE '0-%' AND status = 1").await,
+        20
+    );
+    assert_eq!(
+        count(&db.db, "outbox", "aggregateid LIKE '1-%' AND status = 3").await,
+        20
+    );
+    assert_eq!(count(&db.db, "outbox", "aggregateid LIKE '2-%'").await, 0);
+}
