@@ -40,14 +40,17 @@
 //! [`drop_slot`] and [`drop_publication`]: an abandoned slot keeps log forever.
 //!
 //! ```no_run
-//! # async fn run(publisher: outbox_core::testing::InMemoryPublisher) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(
+//! #     publisher: outbox_core::testing::InMemoryPublisher,
+//! #     shutdown: impl std::future::Future<Output = ()>,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use outbox_seaorm::log_relay::LogRelay;
 //!
 //! let relay = LogRelay::builder("postgres://postgres@127.0.0.1/app", publisher)
 //!     .slot("outbox")
 //!     .build();
 //! relay.setup().await?; // before the service's first save
-//! let stats = relay.run_until(tokio::signal::ctrl_c()).await?;
+//! let stats = relay.run_until(shutdown).await?;
 //! println!("published {}", stats.published);
 //! # Ok(()) }
 //! ```
