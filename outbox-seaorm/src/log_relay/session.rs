@@ -121,6 +121,41 @@ struct Item {
     attempts: u32,
 }
 
+/// An item without its envelope, while the publisher holds the envelope.
+struct Meta {
+    txn: u64,
+    source: Source,
+    attempts: u32,
+}
+
+impl Item {
+    fn split(self) -> (Meta, Envelope) {
+        let Item {
+            txn,
+            envelope,
+            source,
+            attempts,
+        } = self;
+        (
+            Meta {
+                txn,
+                source,
+                attempts,
+            },
+            envelope,
+        )
+    }
+
+    fn join(meta: Meta, envelope: Envelope) -> Item {
+        Item {
+            txn: meta.txn,
+            envelope,
+            source: meta.source,
+            attempts: meta.attempts,
+        }
+    }
+}
+
 /// A committed transaction not yet confirmed.
 struct Txn {
     end_lsn: Lsn,
@@ -134,6 +169,7 @@ struct Lane {
     not_before: Option<tokio::time::Instant>,
 }
 
+/// A lane's finished publish call: the lane, its events (as handed over) and their results.
 type Published = (usize, Vec<Item>, Vec<Result<(), PublishError>>);
 
 struct State {
@@ -475,7 +511,10 @@ fn start_lanes(
         let timeout = config.publish_timeout;
         in_flight.push(
             async move {
-                let batch: Vec<Envelope> = items.iter().map(|i| i.envelope.clone()).collect();
+                // The publisher takes a slice of envelopes: move them out of the items for the
+                // call (no copy of the payloads) and back afterwards.
+                let (metas, batch): (Vec<Meta>, Vec<Envelope>) =
+                    items.into_iter().map(Item::split).unzip();
                 let results = match tokio::time::timeout(timeout, publisher.publish(&batch)).await {
                     Ok(results) if results.len() == batch.len() => results,
                     Ok(results) => {
@@ -498,6 +537,11 @@ fn start_lanes(
                         })
                         .collect(),
                 };
+                let items = metas
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(meta, envelope)| Item::join(meta, envelope))
+                    .collect();
                 (index, items, results)
             }
             .boxed(),
