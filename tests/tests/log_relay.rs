@@ -445,3 +445,54 @@ async fn publishes_saves_of_every_capture_mode_once() {
     );
     assert_eq!(count(&db.db, "outbox", "aggregateid LIKE '2-%'").await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeps_rows_the_log_did_not_carry() {
+    use outbox_seaorm::relay::requeue_dead;
+    let Some((db, slot)) = database("log_relay::sweep").await else {
+        return;
+    };
+    // A backlog saved pending before the slot existed (a service moving from the table relay).
+    let backlog = insert_events(&db.db, &as_refs(&round_robin(4, 20))).await;
+    let publisher = InMemoryPublisher::new();
+    let build = || {
+        LogRelay::builder(db.url.clone(), publisher.clone())
+            .slot(&slot)
+            .publication(&slot)
+            .retry(quick_retry(2))
+            .dead_letter_policy(DeadLetterPolicy::Skip)
+            .sweep(Duration::from_millis(200), Duration::from_millis(300))
+            .build()
+    };
+    build().setup().await.unwrap();
+    let running = Running::start(build());
+    wait_for("the backlog", Duration::from_secs(30), async || {
+        count(&db.db, "outbox", "status = 0").await == 0
+    })
+    .await;
+    assert_eq!(published(&publisher).len(), backlog.len());
+    // An event refused for good, recorded dead, then requeued: the sweep sends it.
+    publisher.reject_matching(|e| e.aggregate_id() == "o9");
+    let dead = insert_events(&db.db, &[("Order", "o9")]).await[0].id;
+    wait_for("the dead row", Duration::from_secs(30), async || {
+        count(&db.db, "outbox", "status = 2").await == 1
+    })
+    .await;
+    publisher.heal();
+    assert!(requeue_dead(&db.db, dead).await.unwrap());
+    wait_for("the requeued event", Duration::from_secs(30), async || {
+        publisher
+            .published()
+            .envelopes()
+            .iter()
+            .any(|e| e.id() == dead)
+    })
+    .await;
+    wait_for("its mark", Duration::from_secs(30), async || {
+        count(&db.db, "outbox", "status = 1").await as usize == backlog.len() + 1
+    })
+    .await;
+    running.stop().await;
+    let events = published(&publisher);
+    assert_eq!(events.len(), backlog.len() + 1, "each once");
+}

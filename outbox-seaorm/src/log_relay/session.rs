@@ -286,6 +286,9 @@ pub(super) async fn run(
     heartbeat.reset();
     let mut last_event = Instant::now();
     let mut marking: Option<tokio::task::JoinHandle<()>> = None;
+    let mut sweep_tick = tokio::time::interval(config.sweep_interval);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
 
     let outcome = loop {
         start_lanes(config, publisher, &mut state, &mut in_flight);
@@ -371,6 +374,18 @@ pub(super) async fn run(
                 settle_batch(config, db, &mut state, stats, lane, items, results).await;
             }
             () = sleep_until(retry_at), if retry_at.is_some() => {}
+            _ = sweep_tick.tick() => {
+                if sweeping.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let (db, publisher) = (db.clone(), Arc::clone(publisher));
+                    let (timeout, age) = (config.publish_timeout, config.sweep_age);
+                    sweeping = Some(tokio::spawn(async move {
+                        match super::sweep::sweep(db, publisher, timeout, age).await {
+                            Ok(n) => metrics::counter!("outbox_relay_published_total").increment(n),
+                            Err(e) => tracing::warn!(error = %e, "log relay sweep failed"),
+                        }
+                    }));
+                }
+            }
             _ = heartbeat.tick() => {
                 if state.is_idle() && last_event.elapsed() >= config.heartbeat {
                     emit_heartbeat(db).await;
@@ -417,6 +432,9 @@ pub(super) async fn run(
     }
     if let Some(marking) = marking {
         let _ = tokio::time::timeout(Duration::from_secs(10), marking).await;
+    }
+    if let Some(sweeping) = sweeping {
+        sweeping.abort();
     }
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
@@ -692,7 +710,7 @@ async fn record_dead(db: &DatabaseConnection, item: &Item, error: &str) -> Resul
 
 /// Marks published the pending rows with these ids (rows saved with [`crate::Capture::Table`]),
 /// so that a table relay does not send them again.
-async fn mark_published(db: DatabaseConnection, ids: Vec<String>) {
+pub(super) async fn mark_published(db: DatabaseConnection, ids: Vec<String>) {
     let now = now_micros();
     for chunk in ids.chunks(1000) {
         let placeholders = (3..chunk.len() + 3)
