@@ -2,8 +2,10 @@
 //!
 //! Deletes, in bounded batches so that no statement holds many locks for long:
 //!
-//! * published `outbox` rows older than the published retention, never a pending or dead row,
-//!   and never a row whose in-process deliveries (`outbox_delivery`) are not all done;
+//! * published `outbox` rows older than the published retention (by `published_at`), and
+//!   captured rows ([`crate::Capture::LogTable`], and [`crate::Capture::Messages`]' rows of
+//!   events with in-process handlers) older than it (by `created_at`); never a pending or dead
+//!   row, and never a row whose in-process deliveries (`outbox_delivery`) are not all done;
 //! * done `outbox_delivery` rows older than the published retention;
 //! * `outbox_inbox` rows older than the inbox retention. Keep this longer than any redelivery
 //!   can take (broker retention, consumer lag): an event redelivered after its inbox row is gone
@@ -61,7 +63,7 @@ pub struct CleanupReport {
 }
 
 impl CleanupReport {
-    /// Published `outbox` rows deleted.
+    /// Published and captured `outbox` rows deleted.
     pub fn outbox(&self) -> u64 {
         self.outbox
     }
@@ -97,7 +99,8 @@ pub struct CleanupBuilder {
 }
 
 impl CleanupBuilder {
-    /// How long published events and done deliveries are kept. Default 1 day.
+    /// How long published events, captured events (counted from their save) and done
+    /// deliveries are kept. Default 1 day.
     pub fn published_retention(mut self, keep: Duration) -> Self {
         self.cleanup.published_retention = keep;
         self
@@ -213,22 +216,28 @@ async fn delete_outbox<C: ConnectionTrait>(
     limit: i64,
 ) -> Result<u64, DbErr> {
     let published = EventStatus::Published.value();
+    let captured = EventStatus::Captured.value();
+    // A captured row is settled when written (the log relay publishes it from the log); its age
+    // counts from then.
+    let settled = format!(
+        "((status = {published} AND published_at < ?) OR (status = {captured} AND created_at < ?))"
+    );
     let unfinished = format!(
         "SELECT 1 FROM outbox_delivery d WHERE d.event_id = outbox.id AND d.status <> {}",
         DeliveryStatus::Done.value()
     );
     let sql = match backend {
         DbBackend::MySql => format!(
-            "DELETE FROM outbox WHERE status = {published} AND published_at < ? \
+            "DELETE FROM outbox WHERE {settled} \
              AND NOT EXISTS ({unfinished}) ORDER BY position LIMIT ?"
         ),
         _ => format!(
             "DELETE FROM outbox WHERE position IN (SELECT position FROM outbox \
-             WHERE status = {published} AND published_at < ? AND NOT EXISTS ({unfinished}) \
+             WHERE {settled} AND NOT EXISTS ({unfinished}) \
              ORDER BY position LIMIT ?)"
         ),
     };
-    execute(db, &sql, vec![cutoff.into(), limit.into()]).await
+    execute(db, &sql, vec![cutoff.into(), cutoff.into(), limit.into()]).await
 }
 
 async fn delete_deliveries<C: ConnectionTrait>(

@@ -2,7 +2,9 @@
 
 use std::ops::Deref;
 
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::{DbBackend, DbErr, RuntimeErr};
+
+use crate::capture::Capture;
 
 /// What can go wrong while saving an aggregate with its events, or while delivering them.
 ///
@@ -111,6 +113,30 @@ pub enum Error {
         /// The aggregate's id.
         aggregate_id: String,
     },
+    /// The outbox's [`Capture`] mode needs PostgreSQL's logical decoding, and this database is
+    /// another (MySQL, MariaDB or SQLite); nothing was written. Use [`Capture::Table`] there.
+    #[error(
+        "capture mode {capture:?} needs PostgreSQL with wal_level=logical, not {backend:?}: \
+         use Capture::Table on this database"
+    )]
+    CaptureUnsupported {
+        /// The mode asked for.
+        capture: Capture,
+        /// The database's backend.
+        backend: DbBackend,
+    },
+    /// The outbox's [`Capture`] mode hands events to the log relay, and the database has no
+    /// pgoutput replication slot yet: events saved now would never reach it, so nothing was
+    /// written. Create the slot first ([`crate::log_relay::setup`], which the log relay also
+    /// runs when it starts). Retryable: the save goes through once the slot exists.
+    #[error(
+        "capture mode {capture:?} hands events to the log relay, but this database has no \
+         pgoutput replication slot yet; create it first (log_relay::setup, or start the log relay)"
+    )]
+    NoLogSlot {
+        /// The mode asked for.
+        capture: Capture,
+    },
 }
 
 /// The stored version of a conflict, for its message.
@@ -128,6 +154,7 @@ impl Error {
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::Database(err) => db_err_is_retryable(err),
+            Error::NoLogSlot { .. } => true,
             Error::Event { .. }
             | Error::Row { .. }
             | Error::NotFound { .. }
@@ -135,7 +162,8 @@ impl Error {
             | Error::Conflict { .. }
             | Error::VersionColumn { .. }
             | Error::VersionOutOfRange { .. }
-            | Error::VersionedRowNeeded { .. } => false,
+            | Error::VersionedRowNeeded { .. }
+            | Error::CaptureUnsupported { .. } => false,
         }
     }
 

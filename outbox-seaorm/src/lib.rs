@@ -122,5 +122,5 @@ pub use capture::Capture;
 pub use delivery::{DeliveryWorker, RenameError, RenamedRows, rename_handler};
 pub use error::Error;
 pub use outbox::{Outbox, OutboxBuilder};
-pub use save::{NOTIFY_CHANNEL, Written, save_in, write_events};
+pub use save::{NOTIFY_CHANNEL, Written, save_in, save_in_with, write_events, write_events_with};
 pub use uow::UnitOfWork;

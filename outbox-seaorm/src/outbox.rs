@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use outbox_core::{
@@ -13,6 +14,7 @@ use sea_orm::{
     IntoActiveModel, ModelTrait, SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
+use crate::capture::Capture;
 use crate::delivery::dispatch_job_within;
 use crate::error::Error;
 use crate::notifier::Notifier;
@@ -36,7 +38,10 @@ struct Inner {
     retry: RetryPolicy,
     grace: Duration,
     handler_timeout: Duration,
+    capture: Capture,
     notifier: Notifier,
+    /// Set once a pgoutput slot was seen in the database (log capture modes).
+    slot_seen: AtomicBool,
 }
 
 impl fmt::Debug for Outbox {
@@ -47,6 +52,7 @@ impl fmt::Debug for Outbox {
             .field("retry", &self.inner.retry)
             .field("delivery_grace", &self.inner.grace)
             .field("handler_timeout", &self.inner.handler_timeout)
+            .field("capture", &self.inner.capture)
             .finish_non_exhaustive()
     }
 }
@@ -60,6 +66,7 @@ pub struct OutboxBuilder {
     retry: RetryPolicy,
     grace: Duration,
     handler_timeout: Duration,
+    capture: Capture,
 }
 
 impl fmt::Debug for OutboxBuilder {
@@ -70,6 +77,7 @@ impl fmt::Debug for OutboxBuilder {
             .field("retry", &self.retry)
             .field("delivery_grace", &self.grace)
             .field("handler_timeout", &self.handler_timeout)
+            .field("capture", &self.capture)
             .finish_non_exhaustive()
     }
 }
@@ -112,6 +120,21 @@ impl OutboxBuilder {
         self
     }
 
+    /// Sets how saves hand their events to a relay (default [`Capture::Table`]: pending rows
+    /// for the table relay). [`Capture::LogTable`] and [`Capture::Messages`] are for the log
+    /// relay and need PostgreSQL with `wal_level=logical`: on another database every save fails
+    /// with [`Error::CaptureUnsupported`] and writes nothing. In those modes no `NOTIFY` wakes
+    /// the table relay after a commit (it has nothing to poll).
+    ///
+    /// Every save of this outbox uses it: [`Outbox::save`], [`Outbox::delete`],
+    /// [`Outbox::save_in`], [`Outbox::write`] and [`UnitOfWork`]; the free functions
+    /// [`crate::save_in`] and [`crate::write_events`] do not (they write as [`Capture::Table`];
+    /// see [`crate::save_in_with`] and [`crate::write_events_with`]).
+    pub fn capture(mut self, capture: Capture) -> Self {
+        self.capture = capture;
+        self
+    }
+
     /// Builds the outbox.
     ///
     /// Two in-process handlers under one id cannot both be run: their delivery rows would be
@@ -129,7 +152,9 @@ impl OutboxBuilder {
                 retry: self.retry,
                 grace: self.grace,
                 handler_timeout: self.handler_timeout,
+                capture: self.capture,
                 notifier: Notifier::new(),
+                slot_seen: AtomicBool::new(false),
             }),
         }
     }
@@ -160,6 +185,7 @@ impl Outbox {
             retry: RetryPolicy::default(),
             grace: Duration::from_secs(30),
             handler_timeout: Handler::DEFAULT_TIMEOUT,
+            capture: Capture::Table,
         }
     }
 
@@ -188,6 +214,11 @@ impl Outbox {
         self.inner.handler_timeout
     }
 
+    /// How its saves hand their events to a relay ([`OutboxBuilder::capture`]).
+    pub fn capture(&self) -> Capture {
+        self.inner.capture
+    }
+
     /// Saves `aggregate` and its pending events in one transaction.
     ///
     /// The aggregate's row is written first:
@@ -213,8 +244,9 @@ impl Outbox {
     ///
     /// # Errors
     /// [`Error::Conflict`] when a versioned aggregate's stored version moved, [`Error::Event`]
-    /// when an event does not serialize, [`Error::Database`] when a statement or the commit
-    /// fails. In every error case nothing was committed and `aggregate` still holds its events
+    /// when an event does not serialize, [`Error::CaptureUnsupported`] when the outbox's
+    /// [`Capture`] mode needs PostgreSQL and this database is another, [`Error::Database`] when
+    /// a statement or the commit fails. In every error case nothing was committed and `aggregate` still holds its events
     /// and its version.
     pub async fn save<A>(&self, aggregate: &mut A) -> Result<(), Error>
     where
@@ -227,6 +259,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             backend,
         )?;
         let written = self.execute(plan).await?;
@@ -252,6 +285,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             backend,
         )?;
         let written = self.execute(plan).await?;
@@ -262,6 +296,9 @@ impl Outbox {
     /// Runs a plan on the pool: without a transaction when it is one statement, else in one.
     async fn execute(&self, plan: save::Plan) -> Result<Written, Error> {
         let db = &self.inner.db;
+        // Before a transaction begins (on SQLite it takes the write lock).
+        save::check_capture(&plan, db.get_database_backend())?;
+        self.check_slot(db).await?;
         if save::is_one_statement(&plan, db.get_database_backend()) {
             return save::execute(db, plan).await;
         }
@@ -269,6 +306,31 @@ impl Outbox {
         let written = save::execute(&txn, plan).await?;
         txn.commit().await?;
         Ok(written)
+    }
+
+    /// In a log capture mode, checks (once, then remembered) that the database has a pgoutput
+    /// replication slot: events saved before one exists would never reach the log relay.
+    pub(crate) async fn check_slot<C: ConnectionTrait>(&self, conn: &C) -> Result<(), Error> {
+        let capture = self.inner.capture;
+        if capture == Capture::Table
+            || conn.get_database_backend() != DbBackend::Postgres
+            || self.inner.slot_seen.load(Ordering::Relaxed)
+        {
+            return Ok(());
+        }
+        let found = conn
+            .query_one_raw(sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT 1 FROM pg_replication_slots \
+                 WHERE database = current_database() AND plugin = 'pgoutput'",
+            ))
+            .await?
+            .is_some();
+        if !found {
+            return Err(Error::NoLogSlot { capture });
+        }
+        self.inner.slot_seen.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Begins a [`UnitOfWork`]: several aggregates and the caller's own writes in one
@@ -302,8 +364,10 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
             conn.get_database_backend(),
         )?;
+        self.check_slot(conn).await?;
         save::execute(conn, plan).await
     }
 
@@ -328,6 +392,7 @@ impl Outbox {
             &self.inner.handlers,
             self.inner.grace,
             Wake::AfterCommit,
+            self.inner.capture,
         )?;
         save::execute(conn, plan).await
     }
@@ -353,7 +418,8 @@ impl Outbox {
 
     /// Hands committed events to the dispatcher.
     pub(crate) async fn dispatch(&self, written: Written) {
-        if !written.is_empty() {
+        // Only the table relay polls rows and listens for a wake-up.
+        if !written.is_empty() && self.inner.capture == Capture::Table {
             self.inner.notifier.wake(&self.inner.db);
         }
         if written.deliveries() == 0 {

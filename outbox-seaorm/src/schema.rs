@@ -63,7 +63,7 @@ pub enum Outbox {
     OccurredAt,
     /// When the row was written.
     CreatedAt,
-    /// Where the event stands with the relay: pending, published or dead (the crate's
+    /// Where the event stands with the relay: pending, published, dead or captured (the crate's
     /// `status::EventStatus` holds the stored values).
     Status,
     /// Failed publish attempts.

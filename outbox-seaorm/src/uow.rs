@@ -94,7 +94,10 @@ impl<'a> UnitOfWork<'a> {
     {
         self.check()?;
         let result = match plan {
-            Ok(plan) => save::execute(&self.txn, plan).await,
+            Ok(plan) => match self.outbox.check_slot(&self.txn).await {
+                Ok(()) => save::execute(&self.txn, plan).await,
+                Err(err) => Err(err),
+            },
             Err(err) => Err(err),
         };
         let written = self.spoil(result)?;
@@ -121,6 +124,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
             self.txn.get_database_backend(),
         );
         self.run(aggregate, plan).await
@@ -140,6 +144,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
             self.txn.get_database_backend(),
         );
         self.run(aggregate, plan).await
@@ -161,6 +166,7 @@ impl<'a> UnitOfWork<'a> {
             outbox.handlers(),
             outbox.delivery_grace(),
             Wake::AfterCommit,
+            outbox.capture(),
         );
         self.run(aggregate, plan).await
     }

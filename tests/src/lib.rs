@@ -11,6 +11,7 @@ pub mod documents;
 pub mod fixtures;
 pub mod log;
 pub mod reader;
+pub mod recorder;
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Once;

@@ -4,7 +4,9 @@
 //! relay, and the broker frozen for 30 s.
 //!
 //! Events are saved through the real save path ([`CounterLoad`]: several aggregates, every
-//! seventh transaction rolled back). Each scenario waits until the slot confirmed the log
+//! seventh transaction rolled back), in each capture mode: the kill test runs with
+//! `Capture::Table` and `Capture::Messages`, the standby test saves `LogTable`, the walsender
+//! test `Messages`, the freeze test `Table`. Each scenario waits until the slot confirmed the log
 //! position after the last save, then reads the topic back with a plain rdkafka consumer and
 //! checks: every committed event arrived at least once, in order per aggregate, no event of a
 //! rolled-back save arrived, nothing arrived that nobody saved.
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use outbox_core::{DeferredDispatcher, HandlerRegistry, RetryPolicy};
 use outbox_kafka::{KafkaConfig, KafkaPublisher, provision_topics};
-use outbox_seaorm::Outbox;
+use outbox_seaorm::{Capture, Outbox};
 use outbox_seaorm::log_relay::{LogRelay, setup};
 use outbox_seaorm::relay::pending_count;
 use outbox_tests::broker::start_own_broker;
@@ -67,10 +69,11 @@ async fn scenario(test: &str, brokers: String) -> Option<Scenario> {
     })
 }
 
-fn outbox(s: &Scenario) -> Outbox {
+fn outbox(s: &Scenario, capture: Capture) -> Outbox {
     Outbox::builder(s.t.db.clone())
         .handlers(HandlerRegistry::new())
         .dispatcher(DeferredDispatcher)
+        .capture(capture)
         .build()
 }
 
@@ -182,18 +185,18 @@ async fn unmarked(s: &Scenario) -> u64 {
 
 // ---- 1 and 5. relay processes killed at random while saves go on ----
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relays_killed_at_random_while_saving_lose_nothing_and_keep_order() {
+/// Two `outbox-relay --log` processes on one slot (one reads it, the other stands by), either
+/// SIGKILLed and restarted every 0.2 to 1.2 s while saves with `capture` go on for 8 s.
+async fn relays_killed_at_random(test: &str, capture: Capture) {
     let Some(brokers) = kafka_brokers() else {
         return;
     };
-    let Some(s) = scenario("log_relay_faults::chaos", brokers).await else {
+    let Some(s) = scenario(test, brokers).await else {
         return;
     };
-    // Two processes on the slot: one reads it, the other stands by; either may be killed.
     let mut relays = [RelayProcess::spawn(&s), RelayProcess::spawn(&s)];
     let writer = tokio::spawn(
-        CounterLoad::new(outbox(&s), 20)
+        CounterLoad::new(outbox(&s, capture), 20)
             .rollback_every(7)
             .run_for(Duration::from_secs(8), 5),
     );
@@ -215,12 +218,22 @@ async fn relays_killed_at_random_while_saving_lose_nothing_and_keep_order() {
     assert!(!load.rolled_back.is_empty(), "no save was rolled back");
     let duplicates = drain_and_check(&s, &load).await;
     eprintln!(
-        "chaos: {} events committed, {} rolled back, {kills} relay kills, {duplicates} \
-         duplicates, {} rows published but left unmarked",
+        "chaos ({capture:?}): {} events committed, {} rolled back, {kills} relay kills, \
+         {duplicates} duplicates, {} rows published but left unmarked",
         load.committed.len(),
         load.rolled_back.len(),
         unmarked(&s).await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_random_lose_nothing_table_capture() {
+    relays_killed_at_random("log_relay_faults::chaos_table", Capture::Table).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_killed_at_random_lose_nothing_messages_capture() {
+    relays_killed_at_random("log_relay_faults::chaos_messages", Capture::Messages).await;
 }
 
 // ---- 2. a standby takes over from a killed active relay ----
@@ -238,7 +251,7 @@ async fn a_standby_takes_over_from_a_killed_relay_in_order() {
     let session = wait_active(&s, None, Duration::from_secs(30)).await;
     let mut standby = RelayProcess::spawn(&s);
     let writer = tokio::spawn(
-        CounterLoad::new(outbox(&s), 8)
+        CounterLoad::new(outbox(&s, Capture::LogTable), 8)
             .rollback_every(7)
             .run_for(Duration::from_secs(8), 20),
     );
@@ -283,7 +296,7 @@ async fn a_terminated_walsender_is_reconnected_without_loss() {
     let mut relay = RelayProcess::spawn(&s);
     let mut session = wait_active(&s, None, Duration::from_secs(30)).await;
     let writer = tokio::spawn(
-        CounterLoad::new(outbox(&s), 10)
+        CounterLoad::new(outbox(&s, Capture::Messages), 10)
             .rollback_every(7)
             .run_for(Duration::from_secs(8), 10),
     );
@@ -351,7 +364,7 @@ async fn a_frozen_broker_holds_the_slot_back_and_loses_nothing() {
         .status_interval(Duration::from_millis(200))
         .build();
     let running = RunningLogRelay::start(relay);
-    let mut load = CounterLoad::new(outbox(&s), 4).rollback_every(7);
+    let mut load = CounterLoad::new(outbox(&s, Capture::Table), 4).rollback_every(7);
 
     // Before the freeze everything flows.
     for _ in 0..10 {

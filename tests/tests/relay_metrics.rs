@@ -1,14 +1,8 @@
 //! The relay's metrics: counters for published, retried and dead-lettered events, gauges for
 //! the backlog. One test per binary, since a `metrics` recorder is process-wide.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use metrics::{
-    Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
-    Unit,
-};
 use outbox_core::RetryPolicy;
 use outbox_core::testing::InMemoryPublisher;
 use outbox_seaorm::Relay;
@@ -16,77 +10,9 @@ use outbox_seaorm::relay::{dead_count, pending_count};
 use outbox_tests::fixtures::insert_events;
 use outbox_tests::{Backend, RunningRelay, fresh};
 
-type Values = Arc<Mutex<HashMap<String, f64>>>;
-
-struct Cell {
-    name: String,
-    values: Values,
-}
-
-impl Cell {
-    fn update(&self, f: impl FnOnce(f64) -> f64) {
-        let mut values = self.values.lock().expect("metrics lock");
-        let value = values.entry(self.name.clone()).or_insert(0.0);
-        *value = f(*value);
-    }
-}
-
-impl CounterFn for Cell {
-    fn increment(&self, value: u64) {
-        self.update(|v| v + value as f64);
-    }
-    fn absolute(&self, value: u64) {
-        self.update(|v| v.max(value as f64));
-    }
-}
-
-impl GaugeFn for Cell {
-    fn increment(&self, value: f64) {
-        self.update(|v| v + value);
-    }
-    fn decrement(&self, value: f64) {
-        self.update(|v| v - value);
-    }
-    fn set(&self, value: f64) {
-        self.update(|_| value);
-    }
-}
-
-struct TestRecorder {
-    values: Values,
-}
-
-impl TestRecorder {
-    fn cell(&self, key: &Key) -> Arc<Cell> {
-        Arc::new(Cell {
-            name: key.name().to_owned(),
-            values: self.values.clone(),
-        })
-    }
-}
-
-impl Recorder for TestRecorder {
-    fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-    fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        Counter::from_arc(self.cell(key))
-    }
-    fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        Gauge::from_arc(self.cell(key))
-    }
-    fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-        Histogram::noop()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_reports_counters_and_backlog_gauges() {
-    let values: Values = Arc::default();
-    metrics::set_global_recorder(TestRecorder {
-        values: values.clone(),
-    })
-    .expect("the only recorder of this test binary");
+    let values = outbox_tests::recorder::install();
     let Some(t) = fresh(Backend::Sqlite, "relay_metrics::counters_and_gauges").await else {
         return;
     };

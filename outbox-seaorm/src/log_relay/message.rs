@@ -11,7 +11,7 @@
 //! ```
 //!
 //! `sequence` comes first: the save computes it in SQL and prepends it to the rest, which is
-//! serialized here ([`encode_rest`]). `payload` is the event's JSON as is (not a string);
+//! serialized here (`encode_rest`). `payload` is the event's JSON as is (not a string);
 //! `metadata` is the envelope's metadata (`{}` when empty); `topic` overrides the routed topic.
 //! Debezium's PostgreSQL connector reads these messages too: it turns each into a record with
 //! prefix `outbox` and this JSON as its content.
@@ -53,7 +53,7 @@ pub(crate) fn encode_rest(envelope: &Envelope) -> Result<String, serde_json::Err
 /// The whole content for `envelope`, sequence included (what the save emits, assembled in SQL).
 ///
 /// # Errors
-/// As [`encode_rest`].
+/// As `encode_rest`.
 pub fn encode(envelope: &Envelope) -> Result<String, serde_json::Error> {
     Ok(format!(
         "{{\"sequence\":{},{}",

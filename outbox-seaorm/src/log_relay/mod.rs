@@ -22,8 +22,10 @@
 //! at a time and retries a failed event before anything after it, so order per aggregate holds.
 //! An event that fails for good follows the [`DeadLetterPolicy`]: `Block` (the default) retries
 //! it at the longest backoff until it goes through, holding its lane; `Skip` records it as a
-//! dead `outbox` row with its error (see [`crate::relay::requeue_dead`]; a requeued row is
-//! published by the table relay) and goes on.
+//! dead `outbox` row with its error and goes on. A dead row requeued with
+//! [`crate::relay::requeue_dead`] (an update, which the log does not carry to the relay) is
+//! published by the relay's sweep ([`LogRelayBuilder::sweep`]), as are pending rows saved
+//! before the slot existed.
 //!
 //! **One reader per slot.** PostgreSQL lets one session read a slot at a time. A second
 //! instance stands by: it retries every [`LogRelayBuilder::standby_retry`] (1 s) and takes over
@@ -40,14 +42,17 @@
 //! [`drop_slot`] and [`drop_publication`]: an abandoned slot keeps log forever.
 //!
 //! ```no_run
-//! # async fn run(publisher: outbox_core::testing::InMemoryPublisher) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run(
+//! #     publisher: outbox_core::testing::InMemoryPublisher,
+//! #     shutdown: impl std::future::Future<Output = ()>,
+//! # ) -> Result<(), Box<dyn std::error::Error>> {
 //! use outbox_seaorm::log_relay::LogRelay;
 //!
 //! let relay = LogRelay::builder("postgres://postgres@127.0.0.1/app", publisher)
 //!     .slot("outbox")
 //!     .build();
 //! relay.setup().await?; // before the service's first save
-//! let stats = relay.run_until(tokio::signal::ctrl_c()).await?;
+//! let stats = relay.run_until(shutdown).await?;
 //! println!("published {}", stats.published);
 //! # Ok(()) }
 //! ```
@@ -56,6 +61,7 @@ pub mod message;
 mod pgoutput;
 mod session;
 mod slot;
+mod sweep;
 
 use std::future::Future;
 use std::pin::pin;
@@ -140,6 +146,8 @@ pub(crate) struct Config {
     pub(crate) standby_retry: Duration,
     pub(crate) status_interval: Duration,
     pub(crate) create_slot: bool,
+    pub(crate) sweep_interval: Duration,
+    pub(crate) sweep_age: Duration,
 }
 
 /// Configures a [`LogRelay`]; see [`LogRelay::builder`].
@@ -179,6 +187,8 @@ impl LogRelay {
                 standby_retry: Duration::from_secs(1),
                 status_interval: Duration::from_secs(1),
                 create_slot: true,
+                sweep_interval: Duration::from_secs(30),
+                sweep_age: Duration::from_secs(60),
             },
             publisher: Arc::new(publisher),
         }
@@ -353,6 +363,16 @@ impl LogRelayBuilder {
     /// Off, a missing slot is an error that is retried.
     pub fn create_slot(mut self, create: bool) -> Self {
         self.config.create_slot = create;
+        self
+    }
+
+    /// How often the relay holding the slot looks for pending rows the log did not carry (a
+    /// row requeued with [`crate::relay::requeue_dead`], or saved before the slot existed), and
+    /// how old such a row must be: younger pending rows are the log's to publish. Defaults 30 s
+    /// and 60 s. The sweep publishes them (oldest first, up to 500 a time) and marks them.
+    pub fn sweep(mut self, every: Duration, older_than: Duration) -> Self {
+        self.config.sweep_interval = every.max(Duration::from_millis(10));
+        self.config.sweep_age = older_than;
         self
     }
 

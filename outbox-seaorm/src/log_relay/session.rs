@@ -121,6 +121,41 @@ struct Item {
     attempts: u32,
 }
 
+/// An item without its envelope, while the publisher holds the envelope.
+struct Meta {
+    txn: u64,
+    source: Source,
+    attempts: u32,
+}
+
+impl Item {
+    fn split(self) -> (Meta, Envelope) {
+        let Item {
+            txn,
+            envelope,
+            source,
+            attempts,
+        } = self;
+        (
+            Meta {
+                txn,
+                source,
+                attempts,
+            },
+            envelope,
+        )
+    }
+
+    fn join(meta: Meta, envelope: Envelope) -> Item {
+        Item {
+            txn: meta.txn,
+            envelope,
+            source: meta.source,
+            attempts: meta.attempts,
+        }
+    }
+}
+
 /// A committed transaction not yet confirmed.
 struct Txn {
     end_lsn: Lsn,
@@ -134,6 +169,7 @@ struct Lane {
     not_before: Option<tokio::time::Instant>,
 }
 
+/// A lane's finished publish call: the lane, its events (as handed over) and their results.
 type Published = (usize, Vec<Item>, Vec<Result<(), PublishError>>);
 
 struct State {
@@ -250,6 +286,9 @@ pub(super) async fn run(
     heartbeat.reset();
     let mut last_event = Instant::now();
     let mut marking: Option<tokio::task::JoinHandle<()>> = None;
+    let mut sweep_tick = tokio::time::interval(config.sweep_interval);
+    sweep_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeping: Option<tokio::task::JoinHandle<()>> = None;
 
     let outcome = loop {
         start_lanes(config, publisher, &mut state, &mut in_flight);
@@ -335,6 +374,18 @@ pub(super) async fn run(
                 settle_batch(config, db, &mut state, stats, lane, items, results).await;
             }
             () = sleep_until(retry_at), if retry_at.is_some() => {}
+            _ = sweep_tick.tick() => {
+                if sweeping.as_ref().is_none_or(tokio::task::JoinHandle::is_finished) {
+                    let (db, publisher) = (db.clone(), Arc::clone(publisher));
+                    let (timeout, age) = (config.publish_timeout, config.sweep_age);
+                    sweeping = Some(tokio::spawn(async move {
+                        match super::sweep::sweep(db, publisher, timeout, age).await {
+                            Ok(n) => metrics::counter!("outbox_relay_published_total").increment(n),
+                            Err(e) => tracing::warn!(error = %e, "log relay sweep failed"),
+                        }
+                    }));
+                }
+            }
             _ = heartbeat.tick() => {
                 if state.is_idle() && last_event.elapsed() >= config.heartbeat {
                     emit_heartbeat(db).await;
@@ -381,6 +432,9 @@ pub(super) async fn run(
     }
     if let Some(marking) = marking {
         let _ = tokio::time::timeout(Duration::from_secs(10), marking).await;
+    }
+    if let Some(sweeping) = sweeping {
+        sweeping.abort();
     }
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(5), client.shutdown()).await;
@@ -475,7 +529,10 @@ fn start_lanes(
         let timeout = config.publish_timeout;
         in_flight.push(
             async move {
-                let batch: Vec<Envelope> = items.iter().map(|i| i.envelope.clone()).collect();
+                // The publisher takes a slice of envelopes: move them out of the items for the
+                // call (no copy of the payloads) and back afterwards.
+                let (metas, batch): (Vec<Meta>, Vec<Envelope>) =
+                    items.into_iter().map(Item::split).unzip();
                 let results = match tokio::time::timeout(timeout, publisher.publish(&batch)).await {
                     Ok(results) if results.len() == batch.len() => results,
                     Ok(results) => {
@@ -498,6 +555,11 @@ fn start_lanes(
                         })
                         .collect(),
                 };
+                let items = metas
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(meta, envelope)| Item::join(meta, envelope))
+                    .collect();
                 (index, items, results)
             }
             .boxed(),
@@ -648,7 +710,7 @@ async fn record_dead(db: &DatabaseConnection, item: &Item, error: &str) -> Resul
 
 /// Marks published the pending rows with these ids (rows saved with [`crate::Capture::Table`]),
 /// so that a table relay does not send them again.
-async fn mark_published(db: DatabaseConnection, ids: Vec<String>) {
+pub(super) async fn mark_published(db: DatabaseConnection, ids: Vec<String>) {
     let now = now_micros();
     for chunk in ids.chunks(1000) {
         let placeholders = (3..chunk.len() + 3)

@@ -19,6 +19,7 @@ use uuid::Uuid;
 pub(crate) use entity::ActiveOf;
 pub(crate) use plan::Plan;
 
+use crate::capture::Capture;
 use crate::error::Error;
 
 /// The PostgreSQL channel the save path notifies on commit; the relay `LISTEN`s on it.
@@ -132,6 +133,9 @@ fn forget(events: &mut DomainEvents, written: &Written) {
 /// version. Use this, not [`write_events`], for a versioned aggregate in a transaction of your
 /// own (a consumer handler's, say).
 ///
+/// It writes the events as [`Capture::Table`] does, whatever mode an [`crate::Outbox`] is built
+/// with: use [`save_in_with`] (or [`crate::Outbox::save_in`]) for another mode.
+///
 /// # Errors
 /// As [`crate::Outbox::save`]; roll the transaction back then.
 pub async fn save_in<A, C>(
@@ -145,11 +149,34 @@ where
     ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
     C: ConnectionTrait,
 {
+    save_in_with(conn, aggregate, handlers, grace, Capture::Table).await
+}
+
+/// [`save_in`] under capture mode `capture` instead of [`Capture::Table`] (see [`Capture`]):
+/// the events become settled rows or logical decoding messages for the log relay, and no
+/// `pg_notify` is sent (no table relay needs waking).
+///
+/// # Errors
+/// As [`save_in`], and [`Error::CaptureUnsupported`] (nothing written) for a mode other than
+/// [`Capture::Table`] on a database other than PostgreSQL.
+pub async fn save_in_with<A, C>(
+    conn: &C,
+    aggregate: &A,
+    handlers: &HandlerRegistry,
+    grace: Duration,
+    capture: Capture,
+) -> Result<Written, Error>
+where
+    A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
+    ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
+    C: ConnectionTrait,
+{
     let plan = plan_save(
         aggregate,
         handlers,
         grace,
         Wake::InTransaction,
+        capture,
         conn.get_database_backend(),
     )?;
     execute(conn, plan).await
@@ -161,13 +188,14 @@ pub(crate) fn plan_save<A>(
     handlers: &HandlerRegistry,
     grace: Duration,
     wake: Wake,
+    capture: Capture,
     backend: DbBackend,
 ) -> Result<Plan, Error>
 where
     A: AggregateRoot + ModelTrait + IntoActiveModel<ActiveOf<A>>,
     ActiveOf<A>: ActiveModelTrait<Entity = A::Entity>,
 {
-    let plan = Plan::new(aggregate, handlers, grace, wake)?;
+    let plan = Plan::new(aggregate, handlers, grace, wake, capture)?;
     let entity = entity::save(aggregate, plan.version, backend)?;
     Ok(plan.with_entity(entity))
 }
@@ -179,12 +207,13 @@ pub(crate) fn plan_delete<A>(
     handlers: &HandlerRegistry,
     grace: Duration,
     wake: Wake,
+    capture: Capture,
     backend: DbBackend,
 ) -> Result<Plan, Error>
 where
     A: AggregateRoot + ModelTrait,
 {
-    let plan = Plan::new(aggregate, handlers, grace, wake)?;
+    let plan = Plan::new(aggregate, handlers, grace, wake, capture)?;
     let entity = entity::delete(aggregate, backend)?;
     Ok(plan.with_entity(entity))
 }
@@ -196,6 +225,7 @@ pub(crate) fn plan_events<A>(
     handlers: &HandlerRegistry,
     grace: Duration,
     wake: Wake,
+    capture: Capture,
 ) -> Result<Plan, Error>
 where
     A: AggregateRoot + ?Sized,
@@ -206,7 +236,7 @@ where
             aggregate_id: aggregate.aggregate_id(),
         });
     }
-    Plan::new(aggregate, handlers, grace, wake)
+    Plan::new(aggregate, handlers, grace, wake, capture)
 }
 
 /// Writes the pending events of `aggregate` through `conn`, without taking them from it.
@@ -245,6 +275,9 @@ where
 ///
 /// An aggregate without pending events writes nothing and returns an empty [`Written`].
 ///
+/// It writes the events as [`Capture::Table`] does, whatever mode an [`crate::Outbox`] is built
+/// with: use [`write_events_with`] (or [`crate::Outbox::write`]) for another mode.
+///
 /// # Errors
 /// [`Error::Event`] when an event does not serialize (nothing written),
 /// [`Error::VersionedRowNeeded`] for a versioned aggregate, [`Error::Database`] when a statement
@@ -259,7 +292,28 @@ where
     A: AggregateRoot + ?Sized,
     C: ConnectionTrait,
 {
-    let plan = plan_events(aggregate, handlers, grace, Wake::InTransaction)?;
+    write_events_with(conn, aggregate, handlers, grace, Capture::Table).await
+}
+
+/// [`write_events`] under capture mode `capture` instead of [`Capture::Table`] (see
+/// [`Capture`]): the events become settled rows or logical decoding messages for the log relay,
+/// and step 4 (`pg_notify`) is left out (no table relay needs waking).
+///
+/// # Errors
+/// As [`write_events`], and [`Error::CaptureUnsupported`] (nothing written) for a mode other
+/// than [`Capture::Table`] on a database other than PostgreSQL.
+pub async fn write_events_with<A, C>(
+    conn: &C,
+    aggregate: &A,
+    handlers: &HandlerRegistry,
+    grace: Duration,
+    capture: Capture,
+) -> Result<Written, Error>
+where
+    A: AggregateRoot + ?Sized,
+    C: ConnectionTrait,
+{
+    let plan = plan_events(aggregate, handlers, grace, Wake::InTransaction, capture)?;
     execute(conn, plan).await
 }
 
@@ -276,16 +330,30 @@ pub(crate) fn is_one_statement(plan: &Plan, backend: DbBackend) -> bool {
         )
 }
 
+/// Refuses a log capture mode on a database without logical decoding, before anything is
+/// written.
+pub(crate) fn check_capture(plan: &Plan, backend: DbBackend) -> Result<(), Error> {
+    if plan.capture != Capture::Table && backend != DbBackend::Postgres {
+        return Err(Error::CaptureUnsupported {
+            capture: plan.capture,
+            backend,
+        });
+    }
+    Ok(())
+}
+
 /// Runs `plan` through `conn`: one statement on PostgreSQL when it fits, else statement by
 /// statement (then `conn` must be a transaction, unless [`is_one_statement`]).
 pub(crate) async fn execute<C: ConnectionTrait>(
     conn: &C,
     mut plan: Plan,
 ) -> Result<Written, Error> {
+    let backend = conn.get_database_backend();
+    check_capture(&plan, backend)?;
     if plan.is_empty() {
         return Ok(Written::empty());
     }
-    if conn.get_database_backend() == DbBackend::Postgres && plan.fits_one_statement() {
+    if backend == DbBackend::Postgres && plan.fits_one_statement() {
         let Some(last) = postgres::run(conn, &plan).await? else {
             return Err(steps::conflict(conn, &plan).await);
         };

@@ -8,7 +8,10 @@ use outbox_core::{AggregateRoot, Envelope, Handler, HandlerRegistry};
 
 use super::Wake;
 use super::entity::EntityWrite;
+use crate::capture::Capture;
 use crate::error::Error;
+use crate::log_relay::message;
+use crate::status::EventStatus;
 use crate::time;
 
 /// Rows per multi-row `INSERT`: well under every backend's bind-parameter limit (SQLite 32766,
@@ -39,6 +42,12 @@ pub(crate) struct Plan {
     /// When the recovery worker may run a delivery the immediate dispatch has not.
     pub(crate) due: i64,
     pub(crate) wake: Wake,
+    /// How the events are handed to a relay.
+    pub(crate) capture: Capture,
+    /// For each envelope under [`Capture::Messages`] without in-process handlers: its message
+    /// content after the sequence ([`message::encode_rest`]); it is emitted, not stored. `None`:
+    /// the event gets an outbox row.
+    pub(crate) messages: Vec<Option<String>>,
 }
 
 impl Plan {
@@ -49,6 +58,7 @@ impl Plan {
         handlers: &HandlerRegistry,
         grace: Duration,
         wake: Wake,
+        capture: Capture,
     ) -> Result<Plan, Error>
     where
         A: AggregateRoot + ?Sized,
@@ -72,6 +82,24 @@ impl Plan {
             .iter()
             .map(|e| handlers.local(e.event_name()).copied().collect())
             .collect();
+        let mut messages = Vec::with_capacity(envelopes.len());
+        let events = pending.iter().zip(&envelopes).zip(&handlers);
+        for (index, ((event, envelope), hs)) in events.enumerate() {
+            if capture != Capture::Messages || !hs.is_empty() {
+                messages.push(None);
+                continue;
+            }
+            let rest = message::encode_rest(envelope).map_err(|source| Error::Event {
+                aggregate_type,
+                aggregate_id: aggregate_id.clone(),
+                index,
+                source: outbox_core::Error::Serialize {
+                    event: event.name(),
+                    source,
+                },
+            })?;
+            messages.push(Some(rest));
+        }
         let version = match aggregate.version().filter(|_| A::VERSIONED) {
             None => None,
             Some(loaded) => {
@@ -102,6 +130,8 @@ impl Plan {
             now,
             due,
             wake,
+            capture,
+            messages,
         })
     }
 
@@ -133,6 +163,26 @@ impl Plan {
             && self.envelopes.len() <= ROWS_PER_INSERT
             && self.deliveries() <= ROWS_PER_INSERT
             && !self.entity.is_delete()
+    }
+
+    /// The status of the outbox rows it writes: pending for the table relay, captured for the
+    /// log relay.
+    pub(crate) fn row_status(&self) -> EventStatus {
+        match self.capture {
+            Capture::Table => EventStatus::Pending,
+            Capture::LogTable | Capture::Messages => EventStatus::Captured,
+        }
+    }
+
+    /// Whether the event at `index` gets an outbox row (else it is emitted as a message).
+    pub(crate) fn has_row(&self, index: usize) -> bool {
+        !matches!(self.messages.get(index), Some(Some(_)))
+    }
+
+    /// Whether a `pg_notify` in the transaction should wake the table relay: only under
+    /// [`Wake::InTransaction`], and only when the table relay has rows to poll.
+    pub(crate) fn notifies(&self) -> bool {
+        self.wake == Wake::InTransaction && self.capture == Capture::Table
     }
 
     /// The events numbered from `first`.

@@ -4,9 +4,24 @@
 //! WITH e AS (<the aggregate's row: upsert, or versioned insert/update ... RETURNING 1>),
 //!      s AS (<the aggregate's last sequence after this save>),
 //!      o AS (INSERT INTO outbox ... SELECT ... FROM s CROSS JOIN (VALUES <events>)),
-//!      d AS (INSERT INTO outbox_delivery ... SELECT ... FROM s CROSS JOIN (VALUES <deliveries>))
-//! SELECT s.last_sequence FROM s
+//!      d AS (INSERT INTO outbox_delivery ... SELECT ... FROM s CROSS JOIN (VALUES <deliveries>)),
+//!      m AS (SELECT pg_logical_emit_message(true, 'outbox',
+//!                   '{"sequence":' || (s.last_sequence - <count> + v.k) || ',' || v.rest) AS lsn
+//!            FROM s CROSS JOIN (VALUES (<k>, <rest>), ...) AS v(k, rest) ORDER BY v.k)
+//! SELECT s.last_sequence, (SELECT count(m.lsn) FROM m) FROM s
 //! ```
+//!
+//! `o` holds the events that get a row: all of them under [`Capture::Table`] (pending) and
+//! [`Capture::LogTable`] (captured); under [`Capture::Messages`] only those with in-process
+//! handlers (captured), and `m` emits the others as logical decoding messages, in event order
+//! (`v.k` numbers the events from 1; `rest` is [`message::encode_rest`]). PostgreSQL runs a
+//! `SELECT` CTE only as far as it is read, hence the count of `m` in the final `SELECT`; `m`
+//! reads `s`, so a versioned conflict emits nothing. A CTE with nothing to do is left out.
+//!
+//! [`Capture::Table`]: crate::Capture::Table
+//! [`Capture::LogTable`]: crate::Capture::LogTable
+//! [`Capture::Messages`]: crate::Capture::Messages
+//! [`message::encode_rest`]: crate::log_relay::message
 //!
 //! Unversioned, `s` upserts the `outbox_sequence` row and returns its new last sequence: no
 //! outbox row (and no `position` from the identity sequence) exists before the upsert has taken,
@@ -24,13 +39,14 @@ use std::fmt::Write as _;
 use sea_orm::sea_query::Iden;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, Value};
 
+use super::NOTIFY_CHANNEL;
 use super::entity::EntityWrite;
 use super::plan::Plan;
-use super::{NOTIFY_CHANNEL, Wake};
 use crate::codec;
 use crate::error::Error;
+use crate::log_relay::MESSAGE_PREFIX;
 use crate::schema::Outbox as O;
-use crate::status::{DeliveryStatus, EventStatus};
+use crate::status::DeliveryStatus;
 
 /// Runs `plan` as one statement. Returns the aggregate's new last sequence number, or `None`
 /// when a versioned write found the stored version moved (nothing was written).
@@ -92,7 +108,7 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
                  VALUES (${p1}::varchar, ${p2}::varchar, ${p3}::bigint) \
                  ON CONFLICT (aggregatetype, aggregateid) DO UPDATE \
                  SET last_sequence = outbox_sequence.last_sequence + EXCLUDED.last_sequence \
-                 RETURNING last_sequence), "
+                 RETURNING last_sequence)"
             );
         }
         Some(version) => {
@@ -104,7 +120,7 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
                  SELECT ${p6}::bigint + ${p3}::bigint - COALESCE((\
                  SELECT v.version_minus_sequence FROM outbox_version_offset v \
                  WHERE v.aggregatetype = ${p1}::varchar AND v.aggregateid = ${p2}::varchar\
-                 ), 0) AS last_sequence FROM e), "
+                 ), 0) AS last_sequence FROM e)"
             );
         }
     }
@@ -126,16 +142,29 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
         })
         .collect::<Vec<_>>()
         .join(", ");
-    let pending = EventStatus::Pending.value();
-    let _ = write!(
-        sql,
-        "o AS (\
-         INSERT INTO outbox ({names}, created_at, status, attempts, next_attempt_at) \
-         SELECT {selected}, ${p4}::bigint, {pending}, 0, ${p4}::bigint \
-         FROM s CROSS JOIN (VALUES ",
-    );
+    let status = plan.row_status().value();
+    let aliases = columns
+        .iter()
+        .filter(|c| per_event(c))
+        .map(|c| c.unquoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    // `o` only when some event gets a row (under `Capture::Messages` maybe none).
+    let mut first_row = true;
     for (k, e) in plan.envelopes.iter().enumerate() {
-        if k > 0 {
+        if !plan.has_row(k) {
+            continue;
+        }
+        if first_row {
+            let _ = write!(
+                sql,
+                ", o AS (\
+                 INSERT INTO outbox ({names}, created_at, status, attempts, next_attempt_at) \
+                 SELECT {selected}, ${p4}::bigint, {status}, 0, ${p4}::bigint \
+                 FROM s CROSS JOIN (VALUES ",
+            );
+            first_row = false;
+        } else {
             sql.push_str(", ");
         }
         let _ = write!(sql, "({}::bigint", k + 1);
@@ -147,13 +176,9 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
         }
         sql.push(')');
     }
-    let aliases = columns
-        .iter()
-        .filter(|c| per_event(c))
-        .map(|c| c.unquoted())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let _ = write!(sql, ") AS v(k, {aliases}) ORDER BY v.k)");
+    if !first_row {
+        let _ = write!(sql, ") AS v(k, {aliases}) ORDER BY v.k)");
+    }
     let mut first_delivery = true;
     for (e, hs) in plan.envelopes.iter().zip(&plan.handlers) {
         for h in hs {
@@ -178,15 +203,38 @@ fn statement(plan: &Plan) -> Result<(String, Vec<Value>), Error> {
     if !first_delivery {
         sql.push_str(") AS v(event_id, handler))");
     }
-    if plan.wake == Wake::InTransaction {
-        values.push(NOTIFY_CHANNEL.into());
-        let _ = write!(
-            sql,
-            " SELECT s.last_sequence, pg_notify(${}, '') FROM s",
-            values.len()
-        );
-    } else {
-        sql.push_str(" SELECT s.last_sequence FROM s");
+    // `m`: one logical decoding message per event without a row, in event order (the volatile
+    // emit is evaluated after the sort). Only referenced CTEs run: the final SELECT counts `m`.
+    let mut first_message = true;
+    for (k, rest) in plan.messages.iter().enumerate() {
+        let Some(rest) = rest else { continue };
+        if first_message {
+            values.push(MESSAGE_PREFIX.into());
+            let prefix = values.len();
+            let _ = write!(
+                sql,
+                ", m AS (SELECT pg_logical_emit_message(true, ${prefix}::text, \
+                 '{{\"sequence\":' || (s.last_sequence - ${p3}::bigint + v.k) || ',' || v.rest) \
+                 AS lsn FROM s CROSS JOIN (VALUES "
+            );
+            first_message = false;
+        } else {
+            sql.push_str(", ");
+        }
+        values.push(rest.clone().into());
+        let _ = write!(sql, "({}::bigint, ${}::text)", k + 1, values.len());
     }
+    if !first_message {
+        sql.push_str(") AS v(k, rest) ORDER BY v.k)");
+    }
+    sql.push_str(" SELECT s.last_sequence");
+    if !first_message {
+        sql.push_str(", (SELECT count(m.lsn) FROM m)");
+    }
+    if plan.notifies() {
+        values.push(NOTIFY_CHANNEL.into());
+        let _ = write!(sql, ", pg_notify(${}, '')", values.len());
+    }
+    sql.push_str(" FROM s");
     Ok((sql, values))
 }

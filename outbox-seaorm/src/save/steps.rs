@@ -5,20 +5,23 @@
 //!    version they start from (versioned; a save without events counts in
 //!    `outbox_version_offset` instead, so the next events' sequence has no gap);
 //! 3. the outbox rows and the delivery rows, in multi-row inserts;
-//! 4. on PostgreSQL, under [`Wake::InTransaction`], `pg_notify`.
+//! 4. on PostgreSQL under [`crate::Capture::Messages`], the logical decoding messages of the
+//!    events without a row, in event order;
+//! 5. on PostgreSQL, under [`super::Wake::InTransaction`] and [`crate::Capture::Table`], `pg_notify`.
 
 use outbox_core::Handler;
 use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{ConnectionTrait, DbBackend, DbErr, Statement};
 
+use super::NOTIFY_CHANNEL;
 use super::entity::{EntityWrite, Guard, is_mysql_duplicate, stored_version};
 use super::plan::{Plan, ROWS_PER_INSERT};
-use super::{NOTIFY_CHANNEL, Wake};
 use crate::codec;
 use crate::error::Error;
+use crate::log_relay::MESSAGE_PREFIX;
 use crate::schema::{Outbox as O, OutboxDelivery as D};
 use crate::sql::statement;
-use crate::status::{DeliveryStatus, EventStatus};
+use crate::status::DeliveryStatus;
 
 /// Runs `plan` statement by statement through `conn`, which must be a transaction when more
 /// than one statement runs.
@@ -47,7 +50,8 @@ pub(crate) async fn run<C: ConnectionTrait>(conn: &C, plan: &mut Plan) -> Result
     forget_deleted(conn, plan).await?;
     insert_outbox_rows(conn, plan).await?;
     insert_delivery_rows(conn, &plan.envelopes, &plan.handlers, plan.now, plan.due).await?;
-    if conn.get_database_backend() == DbBackend::Postgres && plan.wake == Wake::InTransaction {
+    emit_messages(conn, plan).await?;
+    if conn.get_database_backend() == DbBackend::Postgres && plan.notifies() {
         conn.execute_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT pg_notify($1, '')",
@@ -238,7 +242,14 @@ async fn shift_offset<C: ConnectionTrait>(
 }
 
 async fn insert_outbox_rows<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result<(), Error> {
-    for chunk in plan.envelopes.chunks(ROWS_PER_INSERT) {
+    let rows: Vec<_> = plan
+        .envelopes
+        .iter()
+        .enumerate()
+        .filter(|(k, _)| plan.has_row(*k))
+        .map(|(_, e)| e)
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut insert = Query::insert()
             .into_table(O::Table)
             .columns(codec::columns().into_iter().chain([
@@ -252,12 +263,42 @@ async fn insert_outbox_rows<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result
             // As many values as columns, by the codec's array lengths: this cannot panic.
             insert.values_panic(codec::values(e)?.into_iter().map(Expr::val).chain([
                 Expr::val(plan.now),
-                Expr::val(EventStatus::Pending),
+                Expr::val(plan.row_status()),
                 Expr::val(0i32),
                 Expr::val(plan.now),
             ]));
         }
         conn.execute(&insert).await?;
+    }
+    Ok(())
+}
+
+/// Emits the logical decoding messages of the events without a row (PostgreSQL only: the plan
+/// of another backend has none), their sequences known by now, in event order.
+async fn emit_messages<C: ConnectionTrait>(conn: &C, plan: &Plan) -> Result<(), Error> {
+    let messages: Vec<String> = plan
+        .envelopes
+        .iter()
+        .zip(&plan.messages)
+        .filter_map(|(e, rest)| {
+            let rest = rest.as_deref()?;
+            Some(format!("{{\"sequence\":{},{rest}", e.sequence()))
+        })
+        .collect();
+    for chunk in messages.chunks(ROWS_PER_INSERT) {
+        // `v(k, content)`, emitted in `k` order: the volatile call is evaluated after the sort.
+        let rows = (1..=chunk.len())
+            .map(|k| format!("({k}, ?::text)"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT pg_logical_emit_message(true, ?::text, v.content) FROM (VALUES {rows}) \
+             AS v(k, content) ORDER BY v.k"
+        );
+        let mut values = vec![MESSAGE_PREFIX.into()];
+        values.extend(chunk.iter().map(|c| c.as_str().into()));
+        conn.query_all_raw(statement(DbBackend::Postgres, &sql, values))
+            .await?;
     }
     Ok(())
 }
