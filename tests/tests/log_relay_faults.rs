@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use outbox_core::{DeferredDispatcher, HandlerRegistry, RetryPolicy};
 use outbox_kafka::{KafkaConfig, KafkaPublisher, provision_topics};
-use outbox_seaorm::{Capture, Outbox};
 use outbox_seaorm::log_relay::{LogRelay, setup};
 use outbox_seaorm::relay::pending_count;
+use outbox_seaorm::{Capture, Outbox};
 use outbox_tests::broker::start_own_broker;
 use outbox_tests::counters::CounterLoad;
 use outbox_tests::fixtures::{Published, assert_ordered};
@@ -54,7 +54,9 @@ struct Scenario {
 async fn scenario(test: &str, brokers: String) -> Option<Scenario> {
     let t = fresh(Backend::Postgres, test).await?;
     let slot = database_name(test, Backend::Postgres);
-    setup(&t.db, &slot, &slot).await.expect("slot and publication");
+    setup(&t.db, &slot, &slot)
+        .await
+        .expect("slot and publication");
     let prefix = format!("logfault-{}.", Uuid::now_v7().simple());
     let topic = format!("{prefix}counter");
     provision_topics(&KafkaConfig::new(&brokers), &[&topic], 3, 1)
@@ -268,8 +270,13 @@ async fn a_standby_takes_over_from_a_killed_relay_in_order() {
     let killed = Instant::now();
     active.kill();
     let taken = wait_active(&s, Some(session), TAKEOVER_BOUND).await;
-    wait_confirmed(&s.t.db, &s.slot, logged, TAKEOVER_BOUND.saturating_sub(killed.elapsed()))
-        .await;
+    wait_confirmed(
+        &s.t.db,
+        &s.slot,
+        logged,
+        TAKEOVER_BOUND.saturating_sub(killed.elapsed()),
+    )
+    .await;
     let takeover = killed.elapsed();
     assert!(standby.is_running(), "the standby is alive");
     let load = writer.await.expect("writer");
@@ -309,12 +316,11 @@ async fn a_terminated_walsender_is_reconnected_without_loss() {
     let mut terminated = 0;
     while !writer.is_finished() {
         tokio::time::sleep(Duration::from_millis(fastrand::u64(800..1800))).await;
-        let rows = s
-            .t
-            .db
-            .query_all_raw(terminate.clone())
-            .await
-            .expect("terminate the walsender");
+        let rows =
+            s.t.db
+                .query_all_raw(terminate.clone())
+                .await
+                .expect("terminate the walsender");
         assert_eq!(rows.len(), 1, "the slot had a session to terminate");
         terminated += 1;
         session = wait_active(&s, Some(session), Duration::from_secs(15)).await;
@@ -406,7 +412,10 @@ async fn a_frozen_broker_holds_the_slot_back_and_loses_nothing() {
     );
     let duplicates = drain_and_check(&s, &load).await;
     let confirmed = status(&s.t.db, &s.slot).await.confirmed_lsn_bytes;
-    assert!(confirmed >= Some(frozen_end), "{confirmed:?} < {frozen_end}");
+    assert!(
+        confirmed >= Some(frozen_end),
+        "{confirmed:?} < {frozen_end}"
+    );
     let stats = running.stop().await;
     assert!(stats.retried > 0, "the relay kept trying: {stats:?}");
     eprintln!(
@@ -418,4 +427,40 @@ async fn a_frozen_broker_holds_the_slot_back_and_loses_nothing() {
         samples.len(),
         thawed.elapsed()
     );
+}
+
+// ---- the binary refuses what cannot carry a log relay ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_mode_exits_2_on_a_database_it_cannot_read() {
+    let Some(t) = fresh(Backend::Postgres, "log_relay_faults::refused").await else {
+        return;
+    };
+    t.db.execute_unprepared("DROP TABLE outbox")
+        .await
+        .expect("drop the outbox table");
+    for url in ["mysql://root@127.0.0.1:3306/test", t.url.as_str()] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_outbox-relay-under-test"))
+            .args(["--log", "--database-url", url, "--brokers", "127.0.0.1:9"])
+            .env("RUST_LOG", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run outbox-relay --log");
+        let started = Instant::now();
+        while child.try_wait().expect("relay status").is_none() {
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("{url}: outbox-relay --log did not exit within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let output = child.wait_with_output().expect("relay output");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("postgres://") || stderr.contains("`outbox` table is missing"),
+            "{url}: {stderr}"
+        );
+    }
 }
