@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use outbox_kafka::{KafkaConfig, provision_topics};
+use async_trait::async_trait;
+use outbox_core::{Envelope, HandlerRegistry, PublishError, Publisher};
+use outbox_kafka::{KafkaConfig, KafkaPublisher, provision_topics};
+use outbox_seaorm::log_relay::{LogRelay, LogRelayBuilder};
+use outbox_seaorm::{Capture, Outbox};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use sea_orm::{
@@ -19,6 +23,8 @@ const PG_DATABASE: &str = "outbox_bench";
 pub(crate) const TOPIC: &str = "order";
 /// Partitions of [`TOPIC`].
 pub(crate) const PARTITIONS: i32 = 6;
+/// The replication slot (and publication) of the log relay contenders.
+pub(crate) const LOG_SLOT: &str = "bench_outbox";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Backend {
@@ -60,11 +66,7 @@ impl BenchDb {
         let (url, admin_url) = match backend {
             Backend::Postgres => {
                 let admin = connect(pg_url, 1).await?;
-                admin
-                    .execute_unprepared(&format!(
-                        "DROP DATABASE IF EXISTS \"{PG_DATABASE}\" WITH (FORCE)"
-                    ))
-                    .await?;
+                drop_pg_database(&admin).await?;
                 admin
                     .execute_unprepared(&format!("CREATE DATABASE \"{PG_DATABASE}\""))
                     .await?;
@@ -141,11 +143,7 @@ impl BenchDb {
         self.db.close().await?;
         if let Some(admin_url) = &self.admin_url {
             let admin = connect(admin_url, 1).await?;
-            admin
-                .execute_unprepared(&format!(
-                    "DROP DATABASE IF EXISTS \"{PG_DATABASE}\" WITH (FORCE)"
-                ))
-                .await?;
+            drop_pg_database(&admin).await?;
         } else if let Some(path) = self.url.strip_prefix("sqlite://") {
             let path = path.trim_end_matches("?mode=rwc");
             for suffix in ["", "-wal", "-shm"] {
@@ -153,6 +151,77 @@ impl BenchDb {
             }
         }
         Ok(())
+    }
+}
+
+/// Drops the benchmark database, and first the replication slots left in it (a slot keeps the
+/// database from being dropped; a run that failed between a log relay contender's set-up and
+/// its teardown leaves one).
+async fn drop_pg_database(admin: &DatabaseConnection) -> BoxResult<()> {
+    admin
+        .execute_unprepared(&format!(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+             WHERE database = '{PG_DATABASE}' AND NOT active"
+        ))
+        .await?;
+    admin
+        .execute_unprepared(&format!(
+            "DROP DATABASE IF EXISTS \"{PG_DATABASE}\" WITH (FORCE)"
+        ))
+        .await?;
+    Ok(())
+}
+
+/// Creates the log relay's slot and publication ([`LOG_SLOT`]): what a log relay contender
+/// reads is only what commits after this.
+pub(crate) async fn log_setup(bench: &BenchDb) -> BoxResult<()> {
+    outbox_seaorm::log_relay::setup(&bench.db, LOG_SLOT, LOG_SLOT).await?;
+    Ok(())
+}
+
+/// Drops the slot and the publication again: a slot left behind keeps write-ahead log and
+/// decodes everything written after it in the next contenders' runs.
+pub(crate) async fn log_teardown(bench: &BenchDb) -> BoxResult<()> {
+    outbox_seaorm::log_relay::drop_slot(&bench.db, LOG_SLOT).await?;
+    outbox_seaorm::log_relay::drop_publication(&bench.db, LOG_SLOT).await?;
+    Ok(())
+}
+
+/// A log relay on [`LOG_SLOT`] (created beforehand by [`log_setup`]) publishing through
+/// `publisher`, to build.
+pub(crate) fn log_relay(url: &str, publisher: impl Publisher + 'static) -> LogRelayBuilder {
+    LogRelay::builder(url, publisher)
+        .slot(LOG_SLOT)
+        .publication(LOG_SLOT)
+        .create_slot(false)
+}
+
+/// An `Outbox` on `db` without in-process handlers, saving in capture mode `capture`.
+pub(crate) fn outbox(db: &DatabaseConnection, capture: Capture) -> Outbox {
+    // TODO(capture): `.capture(capture)` once the save path takes the mode (until then every
+    // save writes pending rows, `Capture::Table`).
+    let _ = capture;
+    Outbox::builder(db.clone())
+        .handlers(HandlerRegistry::new())
+        .build()
+}
+
+/// What a [`Tap`] is told after each batch: the envelopes and their results.
+pub(crate) type OnBatch = Box<dyn Fn(&[Envelope], &[Result<(), PublishError>]) + Send + Sync>;
+
+/// Delegates to `KafkaPublisher` and shows each batch with its results to `on_batch` once the
+/// batch's delivery reports are in (the moment a relay may mark or confirm it).
+pub(crate) struct Tap {
+    pub(crate) inner: KafkaPublisher,
+    pub(crate) on_batch: OnBatch,
+}
+
+#[async_trait]
+impl Publisher for Tap {
+    async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
+        let results = self.inner.publish(batch).await;
+        (self.on_batch)(batch, &results);
+        results
     }
 }
 

@@ -4,14 +4,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use outbox_core::{Envelope, HandlerRegistry, PublishError, Publisher};
-use outbox_kafka::KafkaPublisher;
-use outbox_seaorm::Outbox;
 use outbox_seaorm::relay::Relay;
+use outbox_seaorm::{Capture, Outbox};
 use uuid::Uuid;
 
-use crate::db::{Backend, BenchDb, kafka};
+use crate::db::{Backend, BenchDb, Tap, kafka};
 use crate::model::order_with;
 use crate::report::{Report, Section, ms, num};
 use crate::stats::{Latency, median};
@@ -19,26 +16,90 @@ use crate::{BoxResult, Opts};
 
 type Stamps = Arc<Mutex<HashMap<Uuid, Instant>>>;
 
-/// Delegates to `KafkaPublisher` and stamps each acknowledged envelope when the batch's
-/// delivery reports are in (the moment the relay may mark the rows published).
-struct TimingPublisher {
-    inner: KafkaPublisher,
-    acks: Stamps,
+/// Who publishes what the saves commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Contender {
+    /// The table relay (`Relay`), saves writing pending rows.
+    Table,
+    /// The log relay (`LogRelay`), saves in this capture mode.
+    Log(Capture),
 }
 
-#[async_trait]
-impl Publisher for TimingPublisher {
-    async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
-        let results = self.inner.publish(batch).await;
-        let now = Instant::now();
-        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
-        for (e, r) in batch.iter().zip(&results) {
-            if r.is_ok() {
-                acks.entry(e.id()).or_insert(now);
-            }
+impl Contender {
+    fn label(self) -> &'static str {
+        match self {
+            Contender::Table => "table relay (`Relay`), `Capture::Table`",
+            Contender::Log(Capture::Messages) => "log relay (`LogRelay`), `Capture::Messages`",
+            Contender::Log(_) => "log relay (`LogRelay`), `Capture::LogTable`",
         }
-        results
     }
+
+    fn capture(self) -> Capture {
+        match self {
+            Contender::Table => Capture::Table,
+            Contender::Log(capture) => capture,
+        }
+    }
+}
+
+const CONTENDERS: [Contender; 3] = [
+    Contender::Table,
+    Contender::Log(Capture::LogTable),
+    Contender::Log(Capture::Messages),
+];
+
+/// Stamps each envelope the broker acknowledged in `acks`, when its batch's delivery reports
+/// are in (the moment a relay may mark or confirm it).
+fn stamping(brokers: &str, acks: &Stamps) -> BoxResult<Tap> {
+    let acks = Arc::clone(acks);
+    Ok(Tap {
+        inner: crate::db::publisher(brokers).build()?,
+        on_batch: Box::new(move |batch, results| {
+            let now = Instant::now();
+            let mut acks = acks.lock().unwrap_or_else(|p| p.into_inner());
+            for (e, r) in batch.iter().zip(results) {
+                if r.is_ok() {
+                    acks.entry(e.id()).or_insert(now);
+                }
+            }
+        }),
+    })
+}
+
+/// Starts the contender's relay in a task; it stops when `stop` fires.
+async fn start_relay(
+    bench: &BenchDb,
+    contender: Contender,
+    publisher: Tap,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> BoxResult<tokio::task::JoinHandle<BoxResult<()>>> {
+    let stop = async {
+        let _ = stop.await;
+    };
+    if contender != Contender::Table {
+        crate::db::log_setup(bench).await?;
+        let relay = crate::db::log_relay(&bench.url, publisher).build();
+        return Ok(tokio::spawn(async move {
+            relay.run_until(stop).await?;
+            Ok(())
+        }));
+    }
+    // The relay has its own pool, as in a service that runs it beside the request handlers:
+    // queued saves must not make it wait for a connection.
+    let relay_db = crate::db::connect(&bench.url, 8).await?;
+    let mut relay = Relay::builder(relay_db.clone(), publisher);
+    if let Some(cycles) = crate::db::env_knob("BENCH_RELAY_CONCURRENCY") {
+        relay = relay.concurrency(cycles);
+    }
+    if let Some(shards) = crate::db::env_knob("BENCH_RELAY_SHARDS") {
+        relay = relay.shards_per_claim(shards);
+    }
+    let relay = relay.build();
+    Ok(tokio::spawn(async move {
+        relay.run_until(stop).await?;
+        relay_db.close().await?;
+        Ok(())
+    }))
 }
 
 struct Run {
@@ -84,40 +145,23 @@ async fn offer(
     Ok(())
 }
 
-async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Run> {
+async fn one(
+    opts: &Opts,
+    bench: &BenchDb,
+    contender: Contender,
+    secs: f64,
+    rate: f64,
+) -> BoxResult<Run> {
     bench.reset().await?;
     let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
     let acks: Stamps = Arc::default();
     let commits: Stamps = Arc::default();
-    let publisher = TimingPublisher {
-        inner: crate::db::publisher(&brokers).build()?,
-        acks: acks.clone(),
-    };
-    // The relay has its own pool, as in a service that runs it beside the request handlers:
-    // queued saves must not make it wait for a connection.
-    let relay_db = crate::db::connect(&bench.url, 8).await?;
-    let mut relay = Relay::builder(relay_db.clone(), publisher);
-    if let Some(cycles) = crate::db::env_knob("BENCH_RELAY_CONCURRENCY") {
-        relay = relay.concurrency(cycles);
-    }
-    if let Some(shards) = crate::db::env_knob("BENCH_RELAY_SHARDS") {
-        relay = relay.shards_per_claim(shards);
-    }
-    let relay = relay.build();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = tokio::spawn(async move {
-        relay
-            .run_until(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let relay_task = start_relay(bench, contender, stamping(&brokers, &acks)?, stop_rx).await?;
     // Let the relay start listening before the first commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let outbox = Outbox::builder(bench.db.clone())
-        .handlers(HandlerRegistry::new())
-        .build();
+    let outbox = crate::db::outbox(&bench.db, contender.capture());
     // Warm-up, not measured: the producer fetches metadata and its idempotent producer id, the
     // mock cluster creates the topic, the pools open their connections.
     offer(&outbox, &commits, 0, WARMUP, rate).await?;
@@ -140,7 +184,9 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
     }
     let _ = stop_tx.send(());
     relay_task.await??;
-    relay_db.close().await?;
+    if contender != Contender::Table {
+        crate::db::log_teardown(bench).await?;
+    }
     drop(cluster);
     let commits = commits.lock().unwrap_or_else(|p| p.into_inner());
     let acks = acks.lock().unwrap_or_else(|p| p.into_inner());
@@ -182,31 +228,61 @@ async fn one(opts: &Opts, bench: &BenchDb, secs: f64, rate: f64) -> BoxResult<Ru
 pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> BoxResult<()> {
     let rate = 1000.0;
     let secs = (10.0 * opts.scale).max(1.0);
-    let mut runs = Vec::new();
+    // The log relay reads PostgreSQL's write-ahead log.
+    let contenders: Vec<Contender> = CONTENDERS
+        .into_iter()
+        .filter(|c| bench.backend == Backend::Postgres || *c == Contender::Table)
+        .collect();
+    let mut runs: Vec<Vec<Run>> = contenders.iter().map(|_| Vec::new()).collect();
     for r in 0..opts.runs {
-        let run = one(opts, bench, secs, rate).await?;
-        eprintln!(
-            "latency {} run {}: offered {:.0}/s, delivered {}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
-            bench.backend.name(),
-            r + 1,
-            run.offered,
-            run.delivered,
-            run.latency.p50 / 1000.0,
-            run.latency.p99 / 1000.0,
-            run.latency.p999 / 1000.0
-        );
-        runs.push(run);
+        for (i, contender) in contenders.iter().enumerate() {
+            let run = one(opts, bench, *contender, secs, rate).await?;
+            eprintln!(
+                "latency {} run {}: {}: offered {:.0}/s, delivered {}, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms",
+                bench.backend.name(),
+                r + 1,
+                contender.label(),
+                run.offered,
+                run.delivered,
+                run.latency.p50 / 1000.0,
+                run.latency.p99 / 1000.0,
+                run.latency.p999 / 1000.0
+            );
+            runs[i].push(run);
+        }
     }
-    let m = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
-    let p99 = m(|r| r.latency.p99);
     let name = bench.backend.name();
-    if bench.backend == Backend::Postgres {
-        report.check(
-            format!("{name}: delivery latency p99 at 1,000 events/s"),
-            format!("{} ms", ms(p99)),
-            "< 25 ms",
-            p99 < 25_000.0,
-        );
+    let mut rows = Vec::new();
+    for (contender, runs) in contenders.iter().zip(&runs) {
+        let m = |f: fn(&Run) -> f64| median(&runs.iter().map(f).collect::<Vec<_>>());
+        let p99 = m(|r| r.latency.p99);
+        match contender {
+            Contender::Table if bench.backend == Backend::Postgres => report.check(
+                format!("{name}: delivery latency p99 at 1,000 events/s"),
+                format!("{} ms", ms(p99)),
+                "< 25 ms",
+                p99 < 25_000.0,
+            ),
+            Contender::Table => {}
+            Contender::Log(_) => report.check(
+                format!(
+                    "{name}: delivery latency p99 at 1,000 events/s, {}",
+                    contender.label()
+                ),
+                format!("{} ms", ms(p99)),
+                "<= 15 ms",
+                p99 <= 15_000.0,
+            ),
+        }
+        rows.push(vec![
+            contender.label().to_owned(),
+            num(m(|r| r.offered)),
+            num(m(|r| r.delivered as f64)),
+            ms(m(|r| r.latency.mean)),
+            ms(m(|r| r.latency.p50)),
+            ms(p99),
+            ms(m(|r| r.latency.p999)),
+        ]);
     }
     report.sections.push(Section {
         title: format!("3. Delivery latency, {name}: commit to Kafka acknowledgement"),
@@ -214,17 +290,26 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             "A paced writer starts one `save` (1 event) every millisecond for {secs:.0} s, after \
              a warm-up of {WARMUP} saves at the same rate (not measured: the producer fetches \
              metadata and its idempotent producer id, the pools open connections); the \
-             relay runs in the same process ({}), publishing through `KafkaPublisher` \
+             relay runs in the same process, publishing through `KafkaPublisher` \
              (defaults: `linger.ms=0`, `acks=all`, idempotent). Latency runs from just after \
              `save` returned (commit) to the moment the publisher's batch had all its delivery \
-             reports.",
+             reports. The table relay is {}.{}",
             if bench.backend == Backend::Postgres {
                 "woken by `LISTEN/NOTIFY`"
             } else {
                 "polling with its idle backoff, 10 ms to 1 s"
+            },
+            if bench.backend == Backend::Postgres {
+                " The log relay (`LogRelay`, defaults: 4 lanes, 500 events per publish) streams \
+                 its slot, created before the warm-up and dropped after the run; the saves \
+                 write settled rows (`Capture::LogTable`) or logical decoding messages \
+                 (`Capture::Messages`)."
+            } else {
+                " No log relay on SQLite."
             }
         ),
         header: vec![
+            "contender",
             "offered events/s",
             "delivered",
             "mean ms",
@@ -232,14 +317,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             "p99 ms",
             "p99.9 ms",
         ],
-        rows: vec![vec![
-            num(m(|r| r.offered)),
-            num(m(|r| r.delivered as f64)),
-            ms(m(|r| r.latency.mean)),
-            ms(m(|r| r.latency.p50)),
-            ms(p99),
-            ms(m(|r| r.latency.p999)),
-        ]],
+        rows,
     });
     Ok(())
 }

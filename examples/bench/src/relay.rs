@@ -1,6 +1,11 @@
 //! Scenario 2 (and 6): draining a backlog into Kafka, each contender in its own child process.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use outbox_core::Envelope;
+use outbox_seaorm::log_relay::{MESSAGE_PREFIX, message};
 
 use outbox_seaorm::Completion;
 use outbox_seaorm::relay::{Relay, pending_count};
@@ -12,7 +17,7 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{BenchDb, TOPIC, connect, env_knob, kafka, stmt};
+use crate::db::{Backend, BenchDb, TOPIC, Tap, connect, env_knob, kafka, stmt};
 use crate::model::OrderPlaced;
 use crate::report::{Report, Section, num};
 use crate::stats::{cpu_time, median, peak_rss_kib};
@@ -21,7 +26,7 @@ use crate::{BoxResult, Opts};
 /// Arguments of `bench relay-child`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ChildArgs {
-    /// raw, naive or ours.
+    /// raw, naive, ours, tuned, log-rows or log-messages.
     #[arg(long)]
     mode: String,
     /// The database holding the backlog.
@@ -30,10 +35,10 @@ pub(crate) struct ChildArgs {
     /// Kafka bootstrap servers.
     #[arg(long)]
     child_brokers: String,
-    /// Stop after this many events (the naive relay only).
+    /// Stop after this many events (the naive relay; the log relays stop once they reach it).
     #[arg(long, default_value_t = usize::MAX)]
     limit: usize,
-    /// Stop after this many seconds (the naive relay only).
+    /// Stop after this many seconds (the naive relay and the log relays).
     #[arg(long, default_value_t = 3600.0)]
     budget_secs: f64,
 }
@@ -46,24 +51,75 @@ struct ChildResult {
     peak_rss_kib: u64,
 }
 
-const MODES: [(&str, &str); 4] = [
-    ("raw", "raw rdkafka producer (ceiling)"),
-    ("naive", "naive relay (1 row per transaction)"),
-    ("ours", "our relay, defaults (`Relay` + `KafkaPublisher`)"),
-    (
-        "tuned",
-        "our relay, 4 cycles in flight, rows deleted on publish",
-    ),
+/// How the backlog of a contender is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backlog {
+    /// Pending `outbox` rows: what the table relays claim (and what the raw producer reads).
+    Pending,
+    /// Settled `outbox` rows (`Capture::LogTable`), committed after the log relay's slot was
+    /// created: only the log relay sees them.
+    Captured,
+    /// Logical decoding messages (`Capture::Messages`), no rows, committed after the slot.
+    Messages,
+}
+
+/// One contender: the child's `--mode`, its label, its backlog.
+struct Mode {
+    name: &'static str,
+    label: &'static str,
+    backlog: Backlog,
+}
+
+const MODES: [Mode; 6] = [
+    Mode {
+        name: "raw",
+        label: "raw rdkafka producer (ceiling)",
+        backlog: Backlog::Pending,
+    },
+    Mode {
+        name: "naive",
+        label: "naive relay (1 row per transaction)",
+        backlog: Backlog::Pending,
+    },
+    Mode {
+        name: "ours",
+        label: "our relay, defaults (`Relay` + `KafkaPublisher`)",
+        backlog: Backlog::Pending,
+    },
+    Mode {
+        name: "tuned",
+        label: "our relay, 4 cycles in flight, rows deleted on publish",
+        backlog: Backlog::Pending,
+    },
+    Mode {
+        name: "log-rows",
+        label: "log relay, captured rows (`LogRelay` + `KafkaPublisher`)",
+        backlog: Backlog::Captured,
+    },
+    Mode {
+        name: "log-messages",
+        label: "log relay, logical decoding messages",
+        backlog: Backlog::Messages,
+    },
 ];
 
 /// Cycles in flight of the tuned relay (`RelayBuilder::concurrency`).
 const TUNED_CONCURRENCY: usize = 4;
 
-/// Writes `n` pending outbox rows: `n / 10` aggregates, 10 events each, interleaved.
-async fn seed(bench: &BenchDb, n: usize) -> BoxResult<()> {
+/// Events per seeding statement, each its own transaction: the log relay reads a transaction
+/// once its commit is decoded, so a backlog of many commits is what it meets after saves (one
+/// commit per save would be smaller still).
+const SEED_TXN: usize = 100;
+
+/// `outbox.status` of a pending row and of a captured one (`Capture::LogTable`).
+const PENDING: i16 = 0;
+const CAPTURED: i16 = 3;
+
+/// Writes a backlog of `n` events: `n / 10` aggregates, 10 events each, interleaved, in
+/// transactions of [`SEED_TXN`] events.
+async fn seed(bench: &BenchDb, n: usize, backlog: Backlog) -> BoxResult<()> {
     let aggregates = (n / 10).max(1);
     let now = outbox_seaorm::time::now_micros();
-    let txn = bench.db.begin().await?;
     let cols = [
         "id",
         "aggregatetype",
@@ -79,15 +135,43 @@ async fn seed(bench: &BenchDb, n: usize) -> BoxResult<()> {
         "attempts",
         "next_attempt_at",
     ];
-    let mut i = 0;
-    while i < n {
+    let status = if backlog == Backlog::Captured {
+        CAPTURED
+    } else {
+        PENDING
+    };
+    for first in (0..n).step_by(SEED_TXN) {
+        let events = (first..(first + SEED_TXN).min(n)).map(|j| {
+            let agg = format!("order-{:08}", j % aggregates);
+            let seq = (j / aggregates + 1) as i64;
+            let payload = OrderPlaced::sized(&agg, j).json();
+            (agg, seq, payload)
+        });
+        if backlog == Backlog::Messages {
+            let mut contents: Vec<Value> = Vec::with_capacity(SEED_TXN);
+            for (agg, seq, payload) in events {
+                let envelope = Envelope::builder("OrderPlaced", "Order", agg)
+                    .sequence(seq)
+                    .payload(payload)
+                    .build();
+                contents.push(message::encode(&envelope)?.into());
+            }
+            let sql = format!(
+                "SELECT pg_logical_emit_message(true, '{MESSAGE_PREFIX}', content) \
+                 FROM (VALUES {}) AS t (content)",
+                vec!["(?)"; contents.len()].join(", ")
+            );
+            bench
+                .db
+                .execute_raw(stmt(bench.db.get_database_backend(), &sql, contents))
+                .await?;
+            continue;
+        }
         let mut insert = Query::insert()
             .into_table(Alias::new("outbox"))
             .columns(cols.map(Alias::new))
             .to_owned();
-        for j in i..(i + 1000).min(n) {
-            let agg = format!("order-{:08}", j % aggregates);
-            let seq = (j / aggregates + 1) as i64;
+        for (agg, seq, payload) in events {
             insert.values_panic([
                 Expr::val(uuid::Uuid::now_v7().to_string()),
                 Expr::val("Order"),
@@ -95,19 +179,17 @@ async fn seed(bench: &BenchDb, n: usize) -> BoxResult<()> {
                 Expr::val("OrderPlaced"),
                 Expr::val(1i32),
                 Expr::val(seq),
-                Expr::val(OrderPlaced::sized(&agg, j).json()),
+                Expr::val(payload),
                 Expr::val(outbox_seaorm::shard_of("Order", &agg)),
                 Expr::val(now),
                 Expr::val(now),
-                Expr::val(0i16),
+                Expr::val(status),
                 Expr::val(0i32),
                 Expr::val(now),
             ]);
         }
-        txn.execute(&insert).await?;
-        i += 1000;
+        bench.db.execute(&insert).await?;
     }
-    txn.commit().await?;
     Ok(())
 }
 
@@ -252,6 +334,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
             let left = pending_count(&db).await?;
             (before - left, secs, cpu)
         }
+        "log-rows" | "log-messages" => log_drain(&args).await?,
         other => return Err(format!("unknown mode {other:?}").into()),
     };
     let result = ChildResult {
@@ -262,6 +345,50 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
     };
     println!("RESULT {}", serde_json::to_string(&result)?);
     Ok(())
+}
+
+/// The log relay contenders: reads the slot (created and filled by the parent) until
+/// `args.limit` events are acknowledged; the time is taken at the last acknowledgement (the
+/// slot's confirmation follows within a status interval, not waited for).
+async fn log_drain(args: &ChildArgs) -> BoxResult<(u64, Duration, Duration)> {
+    let acked = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&acked);
+    let publisher = Tap {
+        inner: crate::db::publisher(&args.child_brokers).build()?,
+        on_batch: Box::new(move |_, results| {
+            let ok = results.iter().filter(|r| r.is_ok()).count();
+            counter.fetch_add(ok as u64, Ordering::Relaxed);
+        }),
+    };
+    let mut builder = crate::db::log_relay(&args.child_url, publisher);
+    if let Some(events) = env_knob("BENCH_RELAY_BATCH") {
+        builder = builder.batch_size(events);
+    }
+    if let Some(lanes) = env_knob("BENCH_RELAY_CONCURRENCY") {
+        builder = builder.concurrency(lanes);
+    }
+    if let Some(events) = env_knob("BENCH_LOG_MAX_BUFFERED") {
+        builder = builder.max_buffered(events);
+    }
+    let relay = builder.build();
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let target = args.limit as u64;
+    let budget = Duration::from_secs_f64(args.budget_secs);
+    while acked.load(Ordering::Relaxed) < target && t0.elapsed() < budget && !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (secs, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    let _ = stop.send(());
+    task.await??;
+    Ok((acked.load(Ordering::Relaxed), secs, cpu))
 }
 
 async fn spawn_child(
@@ -288,22 +415,55 @@ async fn spawn_child(
     Ok(serde_json::from_str(line)?)
 }
 
+/// One contender's run: a fresh backlog (after the slot, for a log relay), a fresh cluster, the
+/// child. The slot and publication of a log relay are dropped again whatever happened.
+async fn measure(
+    opts: &Opts,
+    bench: &BenchDb,
+    mode: &Mode,
+    n: usize,
+    naive: (usize, f64),
+) -> BoxResult<ChildResult> {
+    bench.reset().await?;
+    let log = mode.backlog != Backlog::Pending;
+    if log {
+        crate::db::log_setup(bench).await?;
+    }
+    let result = async {
+        seed(bench, n, mode.backlog).await?;
+        if bench.backend == Backend::Postgres {
+            bench.db.execute_unprepared("VACUUM ANALYZE outbox").await?;
+        }
+        let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
+        let (limit, budget) = if mode.name == "naive" {
+            naive
+        } else {
+            (n, 600.0)
+        };
+        let res = spawn_child(bench, mode.name, &brokers, limit, budget).await;
+        drop(cluster);
+        res
+    }
+    .await;
+    if log {
+        crate::db::log_teardown(bench).await?;
+    }
+    result
+}
+
 pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> BoxResult<()> {
     let n = opts.scaled(100_000, 500);
     let naive_limit = opts.scaled(5_000, 50);
     let naive_budget = (20.0 * opts.scale).max(2.0);
+    let sqlite = bench.backend == Backend::Sqlite;
+    // The log relays read PostgreSQL's write-ahead log: not measured on SQLite.
+    let measured = |mode: &Mode| !(sqlite && mode.backlog != Backlog::Pending);
     let mut results: Vec<Vec<ChildResult>> = MODES.iter().map(|_| Vec::new()).collect();
     for r in 0..opts.runs {
-        for (i, (mode, label)) in MODES.iter().enumerate() {
-            bench.reset().await?;
-            seed(bench, n).await?;
-            if bench.backend == crate::db::Backend::Postgres {
-                bench.db.execute_unprepared("VACUUM ANALYZE outbox").await?;
-            }
-            let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
-            let res = spawn_child(bench, mode, &brokers, naive_limit, naive_budget).await?;
-            drop(cluster);
-            if *mode != "naive" && res.events != n as u64 {
+        for (i, mode) in MODES.iter().enumerate().filter(|(_, m)| measured(m)) {
+            let res = measure(opts, bench, mode, n, (naive_limit, naive_budget)).await?;
+            let label = mode.label;
+            if mode.name != "naive" && res.events != n as u64 {
                 return Err(format!("{label} delivered {} of {n} events", res.events).into());
             }
             eprintln!(
@@ -319,43 +479,36 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             results[i].push(res);
         }
     }
-    let rate = |rs: &[ChildResult]| {
-        median(
-            &rs.iter()
-                .map(|r| r.events as f64 / r.secs)
-                .collect::<Vec<_>>(),
-        )
+    let of = |rs: &[ChildResult], f: fn(&ChildResult) -> f64| {
+        median(&rs.iter().map(f).collect::<Vec<_>>())
     };
-    let per_cpu = |rs: &[ChildResult]| {
-        median(
-            &rs.iter()
-                .map(|r| r.events as f64 / r.cpu_secs.max(1e-3))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let rss =
-        |rs: &[ChildResult]| median(&rs.iter().map(|r| r.peak_rss_kib as f64).collect::<Vec<_>>());
-    let rates: Vec<f64> = results.iter().map(|r| rate(r)).collect();
-    let sqlite = bench.backend == crate::db::Backend::Sqlite;
+    let rates: Vec<f64> = results
+        .iter()
+        .map(|rs| of(rs, |r| r.events as f64 / r.secs))
+        .collect();
     let label = |i: usize| -> String {
-        if sqlite && MODES[i].0 == "tuned" {
+        if sqlite && MODES[i].name == "tuned" {
             // SQLite runs one cycle at a time whatever the setting.
             "our relay, rows deleted on publish".to_owned()
         } else {
-            MODES[i].1.to_owned()
+            MODES[i].label.to_owned()
         }
     };
     let mut rows = Vec::new();
     for (i, rs) in results.iter().enumerate() {
+        if !measured(&MODES[i]) {
+            let mut row = vec![label(i), "n/a: PostgreSQL only".to_owned()];
+            row.resize(6, "n/a".to_owned());
+            rows.push(row);
+            continue;
+        }
         rows.push(vec![
             label(i),
-            num(median(
-                &rs.iter().map(|r| r.events as f64).collect::<Vec<_>>(),
-            )),
+            num(of(rs, |r| r.events as f64)),
             num(rates[i]),
-            num(per_cpu(rs)),
+            num(of(rs, |r| r.events as f64 / r.cpu_secs.max(1e-3))),
             format!("{:.2}", rates[i] / rates[0]),
-            format!("{:.1}", rss(rs) / 1024.0),
+            format!("{:.1}", of(rs, |r| r.peak_rss_kib as f64) / 1024.0),
         ]);
     }
     let name = bench.backend.name();
@@ -375,13 +528,26 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             vs_naive >= 10.0,
         );
     }
+    for (i, mode) in MODES.iter().enumerate() {
+        if mode.backlog == Backlog::Pending || !measured(mode) {
+            continue;
+        }
+        let vs_raw = rates[i] / rates[0];
+        report.check(
+            format!("{name}: relay drain, {} vs raw producer", mode.label),
+            format!("{vs_raw:.2}x"),
+            ">= 0.5x",
+            vs_raw >= 0.5,
+        );
+    }
     report.sections.push(Section {
         title: format!(
             "2 and 6. Relay drain of a {} -event backlog into Kafka, {name}",
             num(n as f64)
         ),
         note: format!(
-            "{} aggregates, 10 events each. Each contender runs alone in a child process \
+            "{} aggregates, 10 events each, committed {SEED_TXN} events per transaction. Each \
+             contender runs alone in a child process \
              (`bench relay-child`); events/s is wall time from the first send to the last \
              acknowledgement (and mark, for the relays); CPU is that child's user + system time \
              (librdkafka threads included, the database server and the mock cluster not). The \
@@ -392,11 +558,22 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              gone, once with the builder's defaults (two cycles in flight, 500 rows, 16 of 64 \
              shards per claim, rows marked published) and once tuned for draining \
              (`concurrency(4)`: four cycles in flight on disjoint shards; \
-             `completion(Completion::Delete)`: rows deleted instead of marked). Peak RSS is the \
-             child's `VmHWM` (item 6).",
+             `completion(Completion::Delete)`: rows deleted instead of marked). The log relay \
+             (`LogRelay`, defaults: 4 lanes, 500 events per publish, 20,000 buffered) reads a \
+             backlog committed after its slot was created: once `outbox` rows written settled \
+             (status captured, as `Capture::LogTable` writes them; nothing to mark), once \
+             logical decoding messages (`pg_logical_emit_message`, as `Capture::Messages` \
+             emits them; no rows); timed from its start (connection and replication start \
+             included) to the last acknowledgement; the server decodes the log meanwhile (its \
+             CPU is not counted). {} Peak RSS is the child's `VmHWM` (item 6).",
             num((n / 10).max(1) as f64),
             num(naive_limit as f64),
-            naive_budget
+            naive_budget,
+            if sqlite {
+                "On SQLite there is no log relay: it reads PostgreSQL's write-ahead log."
+            } else {
+                "The slot and publication are dropped after each log relay run."
+            }
         ),
         header: vec![
             "contender",

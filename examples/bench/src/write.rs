@@ -2,8 +2,9 @@
 
 use std::time::Instant;
 
-use outbox_core::{AggregateRoot, HandlerRegistry};
-use outbox_seaorm::Outbox;
+use outbox_core::AggregateRoot;
+use outbox_core::testing::InMemoryPublisher;
+use outbox_seaorm::Capture;
 use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel, TransactionTrait, Value};
 
 use crate::db::{BenchDb, stmt};
@@ -27,6 +28,14 @@ enum Variant {
     /// An existing versioned aggregate at version 1 changed, with one event: saved where the
     /// stored version is still 1.
     UpdateVersioned,
+    /// A new aggregate (versioned or not) with one event, saved in a log relay's capture mode;
+    /// with `read`, a log relay reads the slot meanwhile (the server decodes as the saves
+    /// commit), otherwise there is no slot.
+    Captured {
+        capture: Capture,
+        versioned: bool,
+        read: bool,
+    },
 }
 
 impl Variant {
@@ -45,13 +54,38 @@ impl Variant {
             Variant::SaveVersioned(n) => format!("`Outbox::save`, versioned, {}", events(n)),
             Variant::Update => "`Outbox::save`, update, 1 event".into(),
             Variant::UpdateVersioned => "`Outbox::save`, versioned update, 1 event".into(),
+            Variant::Captured {
+                capture,
+                versioned,
+                read,
+            } => format!(
+                "`Outbox::save`, {}1 event, `Capture::{capture:?}`{}",
+                if versioned { "versioned, " } else { "" },
+                if read {
+                    ", slot read by a log relay"
+                } else {
+                    ""
+                }
+            ),
         }
+    }
+
+    fn capture(self) -> Capture {
+        match self {
+            Variant::Captured { capture, .. } => capture,
+            _ => Capture::Table,
+        }
+    }
+
+    /// Whether a log relay reads a slot during the run.
+    fn reads_slot(self) -> bool {
+        matches!(self, Variant::Captured { read: true, .. })
     }
 
     fn events(self) -> usize {
         match self {
             Variant::Save(k) | Variant::SaveVersioned(k) => k,
-            Variant::Update | Variant::UpdateVersioned => 1,
+            Variant::Update | Variant::UpdateVersioned | Variant::Captured { .. } => 1,
             Variant::Insert | Variant::InsertTxn => 0,
         }
     }
@@ -79,9 +113,11 @@ async fn prepare(
         let items = (0..per_client).map(|i| {
             let n = c * per_client + i;
             match variant {
-                Variant::SaveVersioned(_) | Variant::UpdateVersioned => {
-                    Work::Versioned(vorder_with(n, events))
-                }
+                Variant::SaveVersioned(_)
+                | Variant::UpdateVersioned
+                | Variant::Captured {
+                    versioned: true, ..
+                } => Work::Versioned(vorder_with(n, events)),
                 _ => Work::Plain(order_with(n, events)),
             }
         });
@@ -168,9 +204,45 @@ struct Run {
 
 async fn one(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> {
     bench.reset().await?;
-    let outbox = Outbox::builder(bench.db.clone())
-        .handlers(HandlerRegistry::new())
-        .build();
+    let reader = if variant.reads_slot() {
+        Some(read_slot(bench).await?)
+    } else {
+        None
+    };
+    let run = timed(bench, variant, total).await;
+    if let Some((stop, task)) = reader {
+        let _ = stop.send(());
+        task.await??;
+        crate::db::log_teardown(bench).await?;
+    }
+    run
+}
+
+type Reader = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<BoxResult<()>>,
+);
+
+/// Creates the slot and starts a log relay on it that publishes nowhere (an in-memory
+/// publisher): the server decodes what commits, as it does for a service with a log relay.
+async fn read_slot(bench: &BenchDb) -> BoxResult<Reader> {
+    crate::db::log_setup(bench).await?;
+    let relay = crate::db::log_relay(&bench.url, InMemoryPublisher::new()).build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        relay
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await?;
+        Ok(())
+    });
+    Ok((stop, task))
+}
+
+/// The timed part of a run: the clients' transactions.
+async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> {
+    let outbox = crate::db::outbox(&bench.db, variant.capture());
     let per_client = total.div_ceil(CLIENTS);
     let work = prepare(bench, variant, per_client).await?;
     let start = Instant::now();
@@ -230,10 +302,28 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         Variant::Update,
         Variant::UpdateVersioned,
     ];
+    let captured = [
+        (Capture::Messages, false, false),
+        (Capture::Messages, true, false),
+        (Capture::LogTable, false, false),
+        (Capture::LogTable, true, false),
+        (Capture::Messages, false, true),
+    ]
+    .map(|(capture, versioned, read)| Variant::Captured {
+        capture,
+        versioned,
+        read,
+    });
+    // The capture modes of the log relay need PostgreSQL's write-ahead log.
+    let variants: Vec<Variant> = if bench.backend == crate::db::Backend::Postgres {
+        variants.into_iter().chain(captured).collect()
+    } else {
+        variants.to_vec()
+    };
     let mut results: Vec<Vec<Run>> = variants.iter().map(|_| Vec::new()).collect();
     // Warm-up (not recorded): connections, caches, the database's plans.
-    for v in variants {
-        one(bench, v, (total / 10).max(16)).await?;
+    for v in &variants {
+        one(bench, *v, (total / 10).max(16)).await?;
     }
     for r in 0..opts.runs {
         for (i, v) in variants.iter().enumerate() {
@@ -267,7 +357,15 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         ]);
     }
     let name = bench.backend.name();
-    for (i, target) in [(2usize, 0.85), (3, 0.6), (4, 0.85), (5, 0.6)] {
+    let captured_checks = variants
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| matches!(v, Variant::Captured { .. }))
+        .map(|(i, _)| (i, 0.85));
+    for (i, target) in [(2usize, 0.85), (3, 0.6), (4, 0.85), (5, 0.6)]
+        .into_iter()
+        .chain(captured_checks)
+    {
         let ratio = tps[i] / base;
         report.check(
             format!(
@@ -289,7 +387,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              its events are numbered from the version, with no `outbox_sequence` statement. \
              \"update\": the entity's row (and, unversioned, its `outbox_sequence` row) exists \
              before the timed save, which changes it and adds one event; versioned, that is an \
-             `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers.",
+             `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers.{}",
             if bench.backend == crate::db::Backend::Postgres {
                 "`save` is one autocommit statement (data-modifying CTEs): the entity write, \
                  the `outbox_sequence` bump (unversioned) and the outbox rows, one round trip \
@@ -298,6 +396,19 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             } else {
                 "`save` runs `BEGIN IMMEDIATE`, the entity write, the `outbox_sequence` upsert \
                  (unversioned), one multi-row outbox insert, `COMMIT`."
+            },
+            if bench.backend == crate::db::Backend::Postgres {
+                " `Capture::LogTable`: the outbox rows are written settled, for the log relay \
+                 (nothing marks them later). `Capture::Messages`: no outbox row; each event is \
+                 a `pg_logical_emit_message` in the save's transaction. Both without a \
+                 replication slot, like the table-mode contenders without a relay: with \
+                 `wal_level=logical` the server writes the same log whether a slot exists or \
+                 not, and a slot nobody reads costs a write nothing (it only keeps log). \
+                 \"slot read by a log relay\": a log relay (publishing to memory) streams the \
+                 slot during the run, so the server decodes each commit as it happens; its \
+                 walsender and the relay share the machine with the clients."
+            } else {
+                " The log relay's capture modes need PostgreSQL: not measured on SQLite."
             }
         ),
         header: vec!["contender", "tx/s", "vs baseline", "p50 ms", "p99 ms"],
