@@ -1,8 +1,11 @@
 //! The benchmark database (created fresh, dropped at the end) and the Kafka cluster.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use outbox_core::{Envelope, HandlerRegistry, PublishError, Publisher};
 use outbox_kafka::{KafkaConfig, KafkaPublisher, provision_topics};
 use outbox_seaorm::log_relay::{LogRelay, LogRelayBuilder};
@@ -194,6 +197,41 @@ pub(crate) fn log_relay(url: &str, publisher: impl Publisher + 'static) -> LogRe
         .slot(LOG_SLOT)
         .publication(LOG_SLOT)
         .create_slot(false)
+}
+
+/// A relay running in a task until [`Running::stop`].
+pub(crate) struct Running {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<BoxResult<()>>,
+}
+
+impl Running {
+    /// Spawns `run`, handing it the future that completes when [`Running::stop`] is called
+    /// (the relay's shutdown signal).
+    pub(crate) fn spawn<Fut>(run: impl FnOnce(BoxFuture<'static, ()>) -> Fut) -> Running
+    where
+        Fut: Future<Output = BoxResult<()>> + Send + 'static,
+    {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        Running {
+            stop,
+            task: tokio::spawn(run(shutdown.boxed())),
+        }
+    }
+
+    /// Whether the relay stopped by itself (it failed).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops the relay and waits for it to return.
+    pub(crate) async fn stop(self) -> BoxResult<()> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
 }
 
 /// An `Outbox` on `db` without in-process handlers, saving in capture mode `capture`.

@@ -8,7 +8,7 @@ use outbox_seaorm::relay::Relay;
 use outbox_seaorm::{Capture, Outbox};
 use uuid::Uuid;
 
-use crate::db::{Backend, BenchDb, Tap, kafka};
+use crate::db::{Backend, BenchDb, Running, Tap, kafka};
 use crate::model::order_with;
 use crate::report::{Report, Section, ms, num};
 use crate::stats::{Latency, median};
@@ -66,20 +66,12 @@ fn stamping(brokers: &str, acks: &Stamps) -> BoxResult<Tap> {
     })
 }
 
-/// Starts the contender's relay in a task; it stops when `stop` fires.
-async fn start_relay(
-    bench: &BenchDb,
-    contender: Contender,
-    publisher: Tap,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) -> BoxResult<tokio::task::JoinHandle<BoxResult<()>>> {
-    let stop = async {
-        let _ = stop.await;
-    };
+/// Starts the contender's relay in a task (for the log relay, its slot first).
+async fn start_relay(bench: &BenchDb, contender: Contender, publisher: Tap) -> BoxResult<Running> {
     if contender != Contender::Table {
         crate::db::log_setup(bench).await?;
         let relay = crate::db::log_relay(&bench.url, publisher).build();
-        return Ok(tokio::spawn(async move {
+        return Ok(Running::spawn(|stop| async move {
             relay.run_until(stop).await?;
             Ok(())
         }));
@@ -95,7 +87,7 @@ async fn start_relay(
         relay = relay.shards_per_claim(shards);
     }
     let relay = relay.build();
-    Ok(tokio::spawn(async move {
+    Ok(Running::spawn(|stop| async move {
         relay.run_until(stop).await?;
         relay_db.close().await?;
         Ok(())
@@ -156,8 +148,7 @@ async fn one(
     let (cluster, brokers) = kafka(opts.brokers.as_deref()).await?;
     let acks: Stamps = Arc::default();
     let commits: Stamps = Arc::default();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let relay_task = start_relay(bench, contender, stamping(&brokers, &acks)?, stop_rx).await?;
+    let relay = start_relay(bench, contender, stamping(&brokers, &acks)?).await?;
     // Let the relay start listening before the first commit.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -182,8 +173,7 @@ async fn one(
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = stop_tx.send(());
-    relay_task.await??;
+    relay.stop().await?;
     if contender != Contender::Table {
         crate::db::log_teardown(bench).await?;
     }

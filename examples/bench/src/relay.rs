@@ -17,7 +17,7 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Backend, BenchDb, TOPIC, Tap, connect, env_knob, kafka, stmt};
+use crate::db::{Backend, BenchDb, Running, TOPIC, Tap, connect, env_knob, kafka, stmt};
 use crate::model::OrderPlaced;
 use crate::report::{Report, Section, num};
 use crate::stats::{cpu_time, median, peak_rss_kib};
@@ -372,22 +372,18 @@ async fn log_drain(args: &ChildArgs) -> BoxResult<(u64, Duration, Duration)> {
     }
     let relay = builder.build();
     let (cpu0, t0) = (cpu_time(), Instant::now());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        relay
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await
+    let running = Running::spawn(|stop| async move {
+        relay.run_until(stop).await?;
+        Ok(())
     });
     let target = args.limit as u64;
     let budget = Duration::from_secs_f64(args.budget_secs);
-    while acked.load(Ordering::Relaxed) < target && t0.elapsed() < budget && !task.is_finished() {
+    while acked.load(Ordering::Relaxed) < target && t0.elapsed() < budget && !running.is_finished()
+    {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (secs, cpu) = (t0.elapsed(), cpu_time() - cpu0);
-    let _ = stop.send(());
-    task.await??;
+    running.stop().await?;
     Ok((acked.load(Ordering::Relaxed), secs, cpu))
 }
 

@@ -7,7 +7,7 @@ use outbox_core::testing::InMemoryPublisher;
 use outbox_seaorm::Capture;
 use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel, TransactionTrait, Value};
 
-use crate::db::{BenchDb, stmt};
+use crate::db::{BenchDb, Running, stmt};
 use crate::model::{order, order_with, vorder, vorder_with};
 use crate::report::{Report, Section, ms, num};
 use crate::stats::{Latency, median};
@@ -210,34 +210,22 @@ async fn one(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> 
         None
     };
     let run = timed(bench, variant, total).await;
-    if let Some((stop, task)) = reader {
-        let _ = stop.send(());
-        task.await??;
+    if let Some(reader) = reader {
+        reader.stop().await?;
         crate::db::log_teardown(bench).await?;
     }
     run
 }
 
-type Reader = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<BoxResult<()>>,
-);
-
 /// Creates the slot and starts a log relay on it that publishes nowhere (an in-memory
 /// publisher): the server decodes what commits, as it does for a service with a log relay.
-async fn read_slot(bench: &BenchDb) -> BoxResult<Reader> {
+async fn read_slot(bench: &BenchDb) -> BoxResult<Running> {
     crate::db::log_setup(bench).await?;
     let relay = crate::db::log_relay(&bench.url, InMemoryPublisher::new()).build();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        relay
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .await?;
+    Ok(Running::spawn(|stop| async move {
+        relay.run_until(stop).await?;
         Ok(())
-    });
-    Ok((stop, task))
+    }))
 }
 
 /// The timed part of a run: the clients' transactions.
