@@ -14,7 +14,8 @@
 //! The shared broker comes from `OUTBOX_TEST_KAFKA_BROKERS` (default `127.0.0.1:9092`,
 //! `scripts/tansu.sh start`); the freeze test starts its own tansu. Every test has a database,
 //! a slot (named after the database) and topics of its own. The relay processes log at
-//! `OUTBOX_TEST_RELAY_LOG` (a `RUST_LOG` filter, default `error`).
+//! `OUTBOX_TEST_RELAY_LOG` (a `RUST_LOG` filter; by default errors, without pgwire-replication's
+//! error line for each retry of a standby).
 
 use std::collections::HashSet;
 use std::process::{Child, Command, Stdio};
@@ -84,7 +85,8 @@ struct RelayProcess(Child);
 
 impl RelayProcess {
     fn spawn(s: &Scenario) -> RelayProcess {
-        let filter = std::env::var("OUTBOX_TEST_RELAY_LOG").unwrap_or_else(|_| "error".into());
+        let filter = std::env::var("OUTBOX_TEST_RELAY_LOG")
+            .unwrap_or_else(|_| "error,pgwire_replication=off".into());
         let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay-under-test"))
             .args(["--log", "--database-url", &s.t.url, "--brokers", &s.brokers])
             .args(["--slot", &s.slot, "--topic-prefix", &s.prefix])
