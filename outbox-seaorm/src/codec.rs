@@ -171,24 +171,32 @@ impl Stored {
     ///
     /// # Errors
     /// The name of a required column that is missing or does not parse.
-    pub(crate) fn from_text<'a>(
-        column: impl Fn(&str) -> Option<&'a str>,
+    pub(crate) fn from_text(
+        mut column: impl FnMut(&str) -> Option<String>,
     ) -> Result<Stored, &'static str> {
-        let text = |name: &'static str| column(name).map(str::to_owned).ok_or(name);
-        let number = |name: &'static str| -> Result<i64, &'static str> {
+        let mut text = |name: &'static str| column(name).ok_or(name);
+        let id = text("id")?;
+        let aggregate_type = text("aggregatetype")?;
+        let aggregate_id = text("aggregateid")?;
+        let event_type = text("type")?;
+        let payload = text("payload")?;
+        let mut number = |name: &'static str| -> Result<i64, &'static str> {
             column(name).and_then(|t| t.parse().ok()).ok_or(name)
         };
+        let version = i32::try_from(number("version")?).map_err(|_| "version")?;
+        let sequence = number("sequence")?;
+        let occurred_at = number("occurred_at")?;
         Ok(Stored {
-            id: text("id")?,
-            aggregate_type: text("aggregatetype")?,
-            aggregate_id: text("aggregateid")?,
-            event_type: text("type")?,
-            version: i32::try_from(number("version")?).map_err(|_| "version")?,
-            sequence: number("sequence")?,
-            payload: text("payload")?,
-            metadata: column("metadata").map(str::to_owned),
-            topic: column("topic").map(str::to_owned),
-            occurred_at: number("occurred_at")?,
+            id,
+            aggregate_type,
+            aggregate_id,
+            event_type,
+            version,
+            sequence,
+            payload,
+            metadata: column("metadata"),
+            topic: column("topic"),
+            occurred_at,
         })
     }
 
@@ -256,13 +264,13 @@ mod tests {
             .map(|c| c.unquoted().to_owned())
             .collect();
         let id = Uuid::now_v7().to_string();
-        let value = |name: &str| -> Option<&str> {
+        let value = |name: &str| -> Option<String> {
             match name {
-                "id" => Some(id.as_str()),
-                "version" => Some("2"),
-                "sequence" | "occurred_at" => Some("7"),
+                "id" => Some(id.clone()),
+                "version" => Some("2".to_owned()),
+                "sequence" | "occurred_at" => Some("7".to_owned()),
                 "metadata" | "topic" => None,
-                other if names.iter().any(|n| n == other) => Some("x"),
+                other if names.iter().any(|n| n == other) => Some("x".to_owned()),
                 _ => None,
             }
         };
@@ -271,7 +279,7 @@ mod tests {
         assert_eq!((envelope.event_version(), envelope.sequence()), (2, 7));
         assert_eq!(envelope.event_name(), "x");
         assert_eq!(
-            Stored::from_text(|name| (name != "sequence").then_some("1")).err(),
+            Stored::from_text(|name| (name != "sequence").then(|| "1".to_owned())).err(),
             Some("sequence")
         );
     }

@@ -236,11 +236,9 @@ impl Running {
 
 /// An `Outbox` on `db` without in-process handlers, saving in capture mode `capture`.
 pub(crate) fn outbox(db: &DatabaseConnection, capture: Capture) -> Outbox {
-    // TODO(capture): `.capture(capture)` once the save path takes the mode (until then every
-    // save writes pending rows, `Capture::Table`).
-    let _ = capture;
     Outbox::builder(db.clone())
         .handlers(HandlerRegistry::new())
+        .capture(capture)
         .build()
 }
 

@@ -234,15 +234,25 @@ impl LogRelay {
         let mut standing_by = false;
         let mut failures = 0u32;
         loop {
-            let outcome = session::run(
-                config,
-                &replication,
-                &db,
-                &self.publisher,
-                &mut stats,
-                shutdown.as_mut(),
-            )
-            .await;
+            // While another session holds the slot, stand by without connecting for
+            // replication (the attempt would be refused, and logged as an error by the client).
+            let held_elsewhere = matches!(
+                tokio::time::timeout(Duration::from_secs(10), slot_status(&db, &config.slot)).await,
+                Ok(Ok(Some(SlotStatus { active: true, .. })))
+            );
+            let outcome = if held_elsewhere {
+                session::Outcome::Busy
+            } else {
+                session::run(
+                    config,
+                    &replication,
+                    &db,
+                    &self.publisher,
+                    &mut stats,
+                    shutdown.as_mut(),
+                )
+                .await
+            };
             let wait = match outcome {
                 session::Outcome::Shutdown => break,
                 session::Outcome::Busy => {

@@ -465,14 +465,18 @@ fn decode_change(data: &[u8], relations: &mut Relations) -> Option<(Envelope, So
             relations.learn(relation);
             None
         }
-        Ok(Change::Insert { relation, values }) => {
+        Ok(Change::Insert {
+            relation,
+            mut values,
+        }) => {
             let relation = relations.get(relation)?;
             if relation.name != "outbox" {
                 return None;
             }
-            let column = |name: &str| -> Option<&str> {
+            // Each value moves out of the decoded row into the envelope: no copy.
+            let mut column = |name: &str| -> Option<String> {
                 let index = relation.columns.iter().position(|c| c == name)?;
-                values.get(index)?.as_deref()
+                values.get_mut(index)?.take()
             };
             let source = match column("status").and_then(|s| s.parse::<i16>().ok()) {
                 Some(s) if s == EventStatus::Pending.value() => Source::PendingRow,
