@@ -149,6 +149,22 @@ pub fn as_refs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
 /// One published event: (aggregate type/id, sequence, event id).
 pub type Published = (String, i64, Uuid);
 
+/// What `publisher` accepted, in order, as [`Published`] entries (`Type/id`, sequence, id).
+pub fn published(publisher: &outbox_core::testing::InMemoryPublisher) -> Vec<Published> {
+    publisher
+        .published()
+        .envelopes()
+        .iter()
+        .map(|e| {
+            (
+                format!("{}/{}", e.aggregate_type(), e.aggregate_id()),
+                e.sequence(),
+                e.id(),
+            )
+        })
+        .collect()
+}
+
 /// Checks publish order: per aggregate, after dropping repeats of already seen event ids, the
 /// sequence numbers strictly increase. Returns the number of repeats.
 pub fn assert_ordered(published: &[Published]) -> usize {

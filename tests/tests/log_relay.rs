@@ -4,31 +4,16 @@
 
 use std::time::{Duration, Instant};
 
+use outbox_core::RetryPolicy;
 use outbox_core::testing::InMemoryPublisher;
-use outbox_core::{Envelope, RetryPolicy};
 use outbox_seaorm::DeadLetterPolicy;
 use outbox_seaorm::log_relay::{LogRelay, drop_publication, drop_slot, slot_status};
 use outbox_tests::fixtures::{
-    Published, as_refs, assert_ordered, count, insert_events, round_robin,
+    as_refs, assert_ordered, count, insert_events, published, round_robin,
 };
 use outbox_tests::log::{RunningLogRelay, wal_lsn};
 use outbox_tests::{Backend, TestDb, database_name, fresh};
 use sea_orm::TransactionTrait;
-
-fn published(publisher: &InMemoryPublisher) -> Vec<Published> {
-    publisher
-        .published()
-        .envelopes()
-        .iter()
-        .map(|e: &Envelope| {
-            (
-                format!("{}/{}", e.aggregate_type(), e.aggregate_id()),
-                e.sequence(),
-                e.id(),
-            )
-        })
-        .collect()
-}
 
 /// A fresh PostgreSQL database and a slot name of its own.
 async fn database(test: &str) -> Option<(TestDb, String)> {

@@ -10,25 +10,10 @@ use outbox_core::{Envelope, PublishError, Publisher, RetryPolicy};
 use outbox_seaorm::relay::{dead_count, pending_count, requeue_dead};
 use outbox_seaorm::{Completion, DeadLetterPolicy, Relay};
 use outbox_tests::fixtures::{
-    Published, as_refs, assert_ordered, count, exec, insert_events, round_robin,
+    as_refs, assert_ordered, count, exec, insert_events, published, round_robin,
 };
 use outbox_tests::{Backend, RunningRelay, TestDb, db_tests, fresh};
 use sea_orm::{ConnectionTrait, Statement, TransactionTrait};
-
-fn published(publisher: &InMemoryPublisher) -> Vec<Published> {
-    publisher
-        .published()
-        .envelopes()
-        .iter()
-        .map(|e: &Envelope| {
-            (
-                format!("{}/{}", e.aggregate_type(), e.aggregate_id()),
-                e.sequence(),
-                e.id(),
-            )
-        })
-        .collect()
-}
 
 fn quick_retry(attempts: u32) -> RetryPolicy {
     RetryPolicy::default()
