@@ -25,3 +25,9 @@ check_topic="outbox-e2e-check-$(date +%s)-$$"
 # Its last line of output is the count (test logs may come before it).
 published="$(cargo run --quiet -p outbox-tests --bin kafka_seed -- "$OUTBOX_TEST_KAFKA_BROKERS" "$check_topic" | tail -n 1)"
 python3 scripts/kafka_check.py "$check_topic" --brokers "$OUTBOX_TEST_KAFKA_BROKERS" --expect "$published"
+
+# The log relay tests leave their replication slots (each test drops its own at its next run):
+# drop the inactive ones, since a slot nobody reads keeps write-ahead log without bound.
+psql -h 127.0.0.1 -U postgres -d postgres -qtAc \
+  "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
+   WHERE NOT active AND slot_name LIKE 'obx\_%'" >/dev/null
