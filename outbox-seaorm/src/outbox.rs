@@ -318,17 +318,7 @@ impl Outbox {
         {
             return Ok(());
         }
-        let found = conn
-            .query_one_raw(sea_orm::Statement::from_string(
-                DbBackend::Postgres,
-                "SELECT 1 FROM pg_replication_slots \
-                 WHERE database = current_database() AND plugin = 'pgoutput'",
-            ))
-            .await?
-            .is_some();
-        if !found {
-            return Err(Error::NoLogSlot { capture });
-        }
+        save::require_slot(conn, capture).await?;
         self.inner.slot_seen.store(true, Ordering::Relaxed);
         Ok(())
     }

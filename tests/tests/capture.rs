@@ -752,6 +752,15 @@ async fn log_modes_refused_without_a_slot(t: TestDb) {
             Err(Error::NoLogSlot { .. })
         ));
         drop(uow);
+        // The free functions check too.
+        let txn = t.db.begin().await.expect("begin");
+        let free =
+            outbox_seaorm::write_events_with(&txn, &o, outbox.handlers(), Duration::ZERO, capture);
+        assert!(matches!(free.await, Err(Error::NoLogSlot { .. })));
+        let free =
+            outbox_seaorm::save_in_with(&txn, &o, outbox.handlers(), Duration::ZERO, capture);
+        assert!(matches!(free.await, Err(Error::NoLogSlot { .. })));
+        txn.rollback().await.expect("rollback");
         assert_eq!(count(&t.db, "orders", "1 = 1").await, 0);
         assert_eq!(count(&t.db, "outbox", "1 = 1").await, 0);
         let slot = Slot::create(&t.db).await;

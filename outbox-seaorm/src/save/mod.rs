@@ -158,7 +158,8 @@ where
 ///
 /// # Errors
 /// As [`save_in`], and [`Error::CaptureUnsupported`] (nothing written) for a mode other than
-/// [`Capture::Table`] on a database other than PostgreSQL.
+/// [`Capture::Table`] on a database other than PostgreSQL, [`Error::NoLogSlot`] (nothing
+/// written) for a log mode while the database has no pgoutput slot.
 pub async fn save_in_with<A, C>(
     conn: &C,
     aggregate: &A,
@@ -179,6 +180,7 @@ where
         capture,
         conn.get_database_backend(),
     )?;
+    require_slot(conn, capture).await?;
     execute(conn, plan).await
 }
 
@@ -301,7 +303,8 @@ where
 ///
 /// # Errors
 /// As [`write_events`], and [`Error::CaptureUnsupported`] (nothing written) for a mode other
-/// than [`Capture::Table`] on a database other than PostgreSQL.
+/// than [`Capture::Table`] on a database other than PostgreSQL, [`Error::NoLogSlot`] (nothing
+/// written) for a log mode while the database has no pgoutput slot.
 pub async fn write_events_with<A, C>(
     conn: &C,
     aggregate: &A,
@@ -314,6 +317,7 @@ where
     C: ConnectionTrait,
 {
     let plan = plan_events(aggregate, handlers, grace, Wake::InTransaction, capture)?;
+    require_slot(conn, capture).await?;
     execute(conn, plan).await
 }
 
@@ -328,6 +332,30 @@ pub(crate) fn is_one_statement(plan: &Plan, backend: DbBackend) -> bool {
             plan.entity,
             entity::EntityWrite::Upsert(_) | entity::EntityWrite::Delete(_)
         )
+}
+
+/// Refuses a log capture mode on PostgreSQL while the database has no pgoutput replication slot
+/// ([`Error::NoLogSlot`]): the log relay would never see what is saved now. One query.
+pub(crate) async fn require_slot<C: ConnectionTrait>(
+    conn: &C,
+    capture: Capture,
+) -> Result<(), Error> {
+    if capture == Capture::Table || conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let found = conn
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT 1 FROM pg_replication_slots \
+             WHERE database = current_database() AND plugin = 'pgoutput'",
+        ))
+        .await?
+        .is_some();
+    if found {
+        Ok(())
+    } else {
+        Err(Error::NoLogSlot { capture })
+    }
 }
 
 /// Refuses a log capture mode on a database without logical decoding, before anything is
