@@ -439,3 +439,37 @@ async fn sweeps_rows_the_log_did_not_carry() {
     let events = published(&publisher);
     assert_eq!(events.len(), backlog.len() + 1, "each once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slot_creation_behind_an_open_transaction_is_bounded() {
+    use sea_orm::ConnectionTrait;
+    let Some((db, slot)) = database("log_relay::setup_bound").await else {
+        return;
+    };
+    // A transaction that wrote and stays open: creating a slot waits for it to end.
+    let open = db.db.begin().await.unwrap();
+    open.execute_unprepared("CREATE TABLE held (v int)")
+        .await
+        .unwrap();
+    let relay = LogRelay::builder(db.url.clone(), InMemoryPublisher::new())
+        .slot(&slot)
+        .publication(&slot)
+        .setup_timeout(Duration::from_secs(2))
+        .build();
+    let started = Instant::now();
+    let error = tokio::time::timeout(Duration::from_secs(30), relay.setup())
+        .await
+        .expect("setup is bounded")
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("did not finish within"),
+        "{error}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    open.rollback().await.unwrap();
+    relay
+        .setup()
+        .await
+        .expect("set up once the transaction ended");
+    assert!(slot_status(&db.db, &slot).await.unwrap().is_some());
+}

@@ -72,7 +72,9 @@ use outbox_core::{Publisher, RetryPolicy};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
 pub use message::MESSAGE_PREFIX;
-pub use slot::{SlotStatus, drop_publication, drop_slot, setup, slot_status};
+pub use slot::{
+    DEFAULT_SETUP_TIMEOUT, SlotStatus, drop_publication, drop_slot, setup, slot_status,
+};
 
 use crate::relay::DeadLetterPolicy;
 
@@ -148,6 +150,7 @@ pub(crate) struct Config {
     pub(crate) create_slot: bool,
     pub(crate) sweep_interval: Duration,
     pub(crate) sweep_age: Duration,
+    pub(crate) setup_timeout: Duration,
 }
 
 /// Configures a [`LogRelay`]; see [`LogRelay::builder`].
@@ -189,6 +192,7 @@ impl LogRelay {
                 create_slot: true,
                 sweep_interval: Duration::from_secs(30),
                 sweep_age: Duration::from_secs(60),
+                setup_timeout: DEFAULT_SETUP_TIMEOUT,
             },
             publisher: Arc::new(publisher),
         }
@@ -200,8 +204,11 @@ impl LogRelay {
     /// As [`setup`], and [`LogRelayError::Url`] for a bad URL.
     pub async fn setup(&self) -> Result<(), LogRelayError> {
         let db = connect(&self.config.url).await?;
-        let result = setup(&db, &self.config.slot, &self.config.publication).await;
-        let _ = db.close().await;
+        let config = &self.config;
+        let result =
+            slot::setup_within(&db, &config.slot, &config.publication, config.setup_timeout).await;
+        // A statement cut off by a timeout may still hold its connection: bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(5), db.close()).await;
         result
     }
 
@@ -220,7 +227,8 @@ impl LogRelay {
         let replication = session::replication_config(config)?;
         let db = connect(&config.url).await?;
         if config.create_slot {
-            setup(&db, &config.slot, &config.publication).await?;
+            slot::setup_within(&db, &config.slot, &config.publication, config.setup_timeout)
+                .await?;
         } else {
             slot::check_name("slot", &config.slot)?;
         }
@@ -288,7 +296,8 @@ impl LogRelay {
             }
         }
         lag.abort();
-        let _ = db.close().await;
+        // A statement cut off by a timeout may still hold its connection: bounded.
+        let _ = tokio::time::timeout(Duration::from_secs(5), db.close()).await;
         Ok(stats)
     }
 }
@@ -383,6 +392,13 @@ impl LogRelayBuilder {
     pub fn sweep(mut self, every: Duration, older_than: Duration) -> Self {
         self.config.sweep_interval = every.max(Duration::from_millis(10));
         self.config.sweep_age = older_than;
+        self
+    }
+
+    /// The longest the slot's creation may wait (default [`DEFAULT_SETUP_TIMEOUT`]): it waits
+    /// for every transaction running on the server to end.
+    pub fn setup_timeout(mut self, timeout: Duration) -> Self {
+        self.config.setup_timeout = timeout;
         self
     }
 

@@ -1,5 +1,7 @@
 //! The slot and the publication the log relay reads through: creation, status, removal.
 
+use std::time::Duration;
+
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
 
 use super::LogRelayError;
@@ -53,11 +55,43 @@ fn statement(sql: &str, values: Vec<Value>) -> Statement {
 /// [`super::LogRelay::run_until`], which calls it) before the service saves events with
 /// [`crate::Capture::LogTable`] or [`crate::Capture::Messages`].
 ///
+/// Bounded by [`DEFAULT_SETUP_TIMEOUT`] (see [`super::LogRelayBuilder::setup_timeout`]).
+///
 /// # Errors
 /// [`LogRelayError::Setup`] when the database is not PostgreSQL, `wal_level` is not `logical`,
-/// a name is invalid or the `outbox` table is missing (run the migrations first);
+/// a name is invalid, the `outbox` table is missing (run the migrations first) or the bound
+/// passed;
 /// [`LogRelayError::Database`] when a statement fails.
 pub async fn setup(
+    db: &DatabaseConnection,
+    slot: &str,
+    publication: &str,
+) -> Result<(), LogRelayError> {
+    setup_within(db, slot, publication, DEFAULT_SETUP_TIMEOUT).await
+}
+
+/// The longest [`setup`] waits. Creating a slot waits until every transaction running at that
+/// moment has ended, so a transaction left open elsewhere would hold it without bound.
+pub const DEFAULT_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// [`setup`], bounded by `timeout`.
+pub(crate) async fn setup_within(
+    db: &DatabaseConnection,
+    slot: &str,
+    publication: &str,
+    timeout: Duration,
+) -> Result<(), LogRelayError> {
+    tokio::time::timeout(timeout, create(db, slot, publication))
+        .await
+        .unwrap_or_else(|_| {
+            Err(LogRelayError::Setup(format!(
+                "creating slot `{slot}` did not finish within {timeout:?}: it waits for every \
+                 transaction running on the server to end (see pg_stat_activity for one left open)"
+            )))
+        })
+}
+
+async fn create(
     db: &DatabaseConnection,
     slot: &str,
     publication: &str,
@@ -200,7 +234,7 @@ pub async fn drop_slot(db: &DatabaseConnection, slot: &str) -> Result<bool, DbEr
             Ok(_) => return Ok(true),
             // Still active for a moment after its session was ended.
             Err(e) if e.to_string().contains("is active") => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => return Err(e),
         }
