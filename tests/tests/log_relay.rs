@@ -473,3 +473,51 @@ async fn slot_creation_behind_an_open_transaction_is_bounded() {
         .expect("set up once the transaction ended");
     assert!(slot_status(&db.db, &slot).await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_message_becomes_a_dead_row() {
+    use outbox_seaorm::{Capture, Outbox};
+    use outbox_tests::documents::{create_table, new_document, revise};
+    let Some((db, slot)) = database("log_relay::dead_message").await else {
+        return;
+    };
+    create_table(&db.db).await;
+    let publisher = InMemoryPublisher::new();
+    publisher.reject_matching(|e| e.aggregate_id() == "bad" && e.sequence() == 1);
+    let relay = LogRelay::builder(db.url.clone(), publisher.clone())
+        .slot(&slot)
+        .publication(&slot)
+        .retry(quick_retry(2))
+        .dead_letter_policy(DeadLetterPolicy::Skip)
+        .build();
+    relay.setup().await.unwrap();
+    let running = RunningLogRelay::start(relay);
+    let outbox = Outbox::builder(db.db.clone())
+        .capture(Capture::Messages)
+        .build();
+    let (mut bad, mut good) = (new_document("bad"), new_document("good"));
+    for _ in 0..2 {
+        revise(&outbox, &mut bad, 10).await;
+        revise(&outbox, &mut good, 10).await;
+    }
+    wait_for("the others", Duration::from_secs(30), async || {
+        publisher.published().count() >= 3
+    })
+    .await;
+    wait_for("the dead row", Duration::from_secs(30), async || {
+        count(
+            &db.db,
+            "outbox",
+            "status = 2 AND aggregateid = 'bad' AND sequence = 1",
+        )
+        .await
+            == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    // The relay's own insert of the dead row is not published.
+    assert_eq!(published(&publisher).len(), 3);
+    assert_eq!(count(&db.db, "outbox", "1 = 1").await, 1);
+}

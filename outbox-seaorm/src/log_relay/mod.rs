@@ -413,12 +413,7 @@ impl LogRelayBuilder {
 
 /// A small pool for the relay's own statements (status, marks, dead rows, heartbeats).
 async fn connect(url: &str) -> Result<DatabaseConnection, LogRelayError> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(LogRelayError::Url(format!(
-            "the log relay needs a postgres:// URL, got `{}`",
-            url.split('@').next_back().unwrap_or(url)
-        )));
-    }
+    session::postgres_url(url)?;
     let mut options = ConnectOptions::new(url.to_owned());
     options
         .max_connections(3)

@@ -14,12 +14,14 @@ use outbox_core::{Envelope, PublishError, Publisher};
 use pgwire_replication::{
     Lsn, PgWireError, ReplicationClient, ReplicationConfig, ReplicationEvent, TlsConfig,
 };
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement, Value};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, Statement};
 
 use super::pgoutput::{self, Change, Relations};
 use super::{Config, HEARTBEAT_PREFIX, LogRelayError, LogStats, MESSAGE_PREFIX, message};
 use crate::codec::{self, Stored};
 use crate::relay::DeadLetterPolicy;
+use crate::schema::Outbox as O;
 use crate::status::EventStatus;
 use crate::time::now_micros;
 
@@ -35,15 +37,12 @@ pub(super) enum Outcome {
 
 /// The replication connection's settings from the relay's URL.
 pub(super) fn replication_config(config: &Config) -> Result<ReplicationConfig, LogRelayError> {
-    let url = url::Url::parse(&config.url).map_err(|e| LogRelayError::Url(e.to_string()))?;
-    if !matches!(url.scheme(), "postgres" | "postgresql") {
-        return Err(LogRelayError::Url(format!(
-            "the log relay needs a postgres:// URL, not {}://",
-            url.scheme()
-        )));
-    }
+    let url = postgres_url(&config.url)?;
     let decode = |s: &str| {
-        percent_decode(s).map_err(|()| LogRelayError::Url("bad percent-encoding".to_owned()))
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| LogRelayError::Url("bad percent-encoding".to_owned()))
     };
     let user = match url.username() {
         "" => "postgres".to_owned(),
@@ -83,22 +82,17 @@ pub(super) fn replication_config(config: &Config) -> Result<ReplicationConfig, L
     .with_application_name("outbox-log-relay"))
 }
 
-fn percent_decode(s: &str) -> Result<String, ()> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(())?;
-            let hex = std::str::from_utf8(hex).map_err(|_| ())?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| ())?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+/// Parses `url`, refusing anything but a `postgres://` (or `postgresql://`) URL.
+pub(super) fn postgres_url(url: &str) -> Result<url::Url, LogRelayError> {
+    let parsed = url::Url::parse(url).map_err(|e| LogRelayError::Url(e.to_string()))?;
+    if matches!(parsed.scheme(), "postgres" | "postgresql") {
+        Ok(parsed)
+    } else {
+        Err(LogRelayError::Url(format!(
+            "the log relay needs a postgres:// URL, not {}://",
+            parsed.scheme()
+        )))
     }
-    String::from_utf8(out).map_err(|_| ())
 }
 
 /// Where an event was read from, which says what to do once it is published.
@@ -619,7 +613,7 @@ async fn settle_batch(
                         ),
                     }
                 }
-                let wait = config.retry.delay_after(item.attempts.min(30));
+                let wait = config.retry.delay_after(Ord::min(item.attempts, 30));
                 if gives_up {
                     tracing::error!(
                         event_id = %item.envelope.id(),
@@ -657,59 +651,46 @@ async fn settle_batch(
 /// has none) inserts one.
 async fn record_dead(db: &DatabaseConnection, item: &Item, error: &str) -> Result<(), DbErr> {
     let now = now_micros();
-    let dead = EventStatus::Dead.value();
     let attempts = i32::try_from(item.attempts).unwrap_or(i32::MAX);
-    let run = async {
-        if item.source == Source::Message {
-            let columns = codec::columns();
-            let values = codec::values(&item.envelope).map_err(|e| DbErr::Custom(e.to_string()))?;
-            let names = columns
-                .iter()
-                .map(|c| sea_orm::sea_query::Iden::unquoted(c).to_owned())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let mut params: Vec<Value> = values.into_iter().collect();
-            let placeholders = (1..=params.len())
-                .map(|n| format!("${n}"))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let n = params.len();
-            params.extend([now.into(), dead.into(), attempts.into(), error.into()]);
-            let sql = format!(
-                "INSERT INTO outbox ({names}, created_at, next_attempt_at, status, attempts, \
-                 last_error) VALUES ({placeholders}, ${a}, ${a}, ${b}, ${c}, ${d}) \
-                 ON CONFLICT (id) DO NOTHING",
-                a = n + 1,
-                b = n + 2,
-                c = n + 3,
-                d = n + 4,
-            );
-            db.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                sql,
-                params,
-            ))
-            .await?;
-        } else {
-            db.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "UPDATE outbox SET status = $1, attempts = $2, last_error = $3, \
-                 next_attempt_at = $4 WHERE id = $5",
-                [
-                    dead.into(),
-                    attempts.into(),
-                    error.into(),
-                    now.into(),
-                    item.envelope.id().to_string().into(),
-                ],
-            ))
-            .await?;
-        }
-        Ok(())
+    let statement = if item.source == Source::Message {
+        let values = codec::values(&item.envelope).map_err(|e| DbErr::Custom(e.to_string()))?;
+        let mut insert = Query::insert()
+            .into_table(O::Table)
+            .columns(codec::columns().into_iter().chain([
+                O::CreatedAt,
+                O::NextAttemptAt,
+                O::Status,
+                O::Attempts,
+                O::LastError,
+            ]))
+            .on_conflict(OnConflict::column(O::Id).do_nothing().to_owned())
+            .to_owned();
+        // As many values as columns, by the codec's array lengths: this cannot panic.
+        insert.values_panic(values.into_iter().map(Expr::val).chain([
+            Expr::val(now),
+            Expr::val(now),
+            Expr::val(EventStatus::Dead.value()),
+            Expr::val(attempts),
+            Expr::val(error),
+        ]));
+        db.get_database_backend().build(&insert)
+    } else {
+        let update = Query::update()
+            .table(O::Table)
+            .values([
+                (O::Status, EventStatus::Dead.into()),
+                (O::Attempts, attempts.into()),
+                (O::LastError, error.into()),
+                (O::NextAttemptAt, now.into()),
+            ])
+            .and_where(Expr::col(O::Id).eq(item.envelope.id().to_string()))
+            .to_owned();
+        db.get_database_backend().build(&update)
     };
-    tokio::time::timeout(Duration::from_secs(30), run)
+    tokio::time::timeout(Duration::from_secs(30), db.execute_raw(statement))
         .await
         .unwrap_or_else(|_| Err(DbErr::Custom("recording a dead event timed out".to_owned())))
+        .map(drop)
 }
 
 /// Marks published the pending rows with these ids (rows saved with [`crate::Capture::Table`]),
@@ -717,22 +698,16 @@ async fn record_dead(db: &DatabaseConnection, item: &Item, error: &str) -> Resul
 pub(super) async fn mark_published(db: DatabaseConnection, ids: Vec<String>) {
     let now = now_micros();
     for chunk in ids.chunks(1000) {
-        let placeholders = (3..chunk.len() + 3)
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut values: Vec<Value> = vec![EventStatus::Published.into(), now.into()];
-        values.extend(chunk.iter().map(|id| Value::from(id.as_str())));
-        let sql = format!(
-            "UPDATE outbox SET status = $1, published_at = $2 \
-             WHERE status = {} AND id IN ({placeholders})",
-            EventStatus::Pending.value()
-        );
-        let update = db.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ));
+        let update = Query::update()
+            .table(O::Table)
+            .values([
+                (O::Status, EventStatus::Published.into()),
+                (O::PublishedAt, now.into()),
+            ])
+            .and_where(Expr::col(O::Status).eq(EventStatus::Pending.value()))
+            .and_where(Expr::col(O::Id).is_in(chunk.iter().map(String::as_str)))
+            .to_owned();
+        let update = db.execute_raw(db.get_database_backend().build(&update));
         match tokio::time::timeout(Duration::from_secs(30), update).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "log relay: marking rows published failed"),
