@@ -288,32 +288,47 @@ macro_rules! db_tests {
     )*};
 }
 
-/// A relay running in its own task until [`RunningRelay::stop`]: the start and stop every relay
-/// test needs.
+/// A relay (table or log) running in its own task until [`Running::stop`]: the start and stop
+/// every relay test needs.
 #[derive(Debug)]
-pub struct RunningRelay {
+pub struct Running<T> {
     stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<outbox_seaorm::RelayStats>,
+    task: tokio::task::JoinHandle<T>,
 }
 
-impl RunningRelay {
-    /// Spawns `relay.run_until(..)`.
-    pub fn start(relay: outbox_seaorm::Relay) -> RunningRelay {
+/// A table relay running in its own task.
+pub type RunningRelay = Running<outbox_seaorm::RelayStats>;
+
+impl<T: Send + 'static> Running<T> {
+    /// Spawns `run`, handing it a future that completes when [`Running::stop`] is called.
+    pub fn spawn<Fut>(run: impl FnOnce(Stop) -> Fut) -> Running<T>
+    where
+        Fut: std::future::Future<Output = T> + Send + 'static,
+    {
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .expect("relay run")
-        });
-        RunningRelay { stop, task }
+        let task = tokio::spawn(run(Box::pin(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        })));
+        Running { stop, task }
     }
 
-    /// Asks the relay to stop and waits until it did (its batches in flight finished).
-    pub async fn stop(self) -> outbox_seaorm::RelayStats {
-        self.stop.send(true).expect("the relay task is running");
-        self.task.await.expect("relay task")
+    /// Asks the relay to stop and waits (at most 60 s) until it did (its batches in flight
+    /// finished).
+    pub async fn stop(self) -> T {
+        let _ = self.stop.send(true);
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("the relay stops in time")
+            .expect("relay task")
     }
 }
+
+impl Running<outbox_seaorm::RelayStats> {
+    /// Spawns `relay.run_until(..)`.
+    pub fn start(relay: outbox_seaorm::Relay) -> Self {
+        Running::spawn(|stop| async move { relay.run_until(stop).await.expect("relay run") })
+    }
+}
+
+/// The stop signal [`Running::spawn`] hands to its relay: completes when the test stops it.
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;

@@ -6,35 +6,13 @@ use std::time::{Duration, Instant};
 use outbox_seaorm::log_relay::{LogRelay, LogStats, SlotStatus, slot_status};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 
-/// A log relay running in its own task until [`RunningLogRelay::stop`].
-#[derive(Debug)]
-pub struct RunningLogRelay {
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<LogStats>,
-}
+/// A log relay running in its own task until [`crate::Running::stop`].
+pub type RunningLogRelay = crate::Running<LogStats>;
 
-impl RunningLogRelay {
+impl crate::Running<LogStats> {
     /// Spawns `relay.run_until(..)`.
-    pub fn start(relay: LogRelay) -> RunningLogRelay {
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(async move {
-            relay
-                .run_until(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await
-                .expect("log relay")
-        });
-        RunningLogRelay { stop, task }
-    }
-
-    /// Asks the relay to stop and waits (at most 60 s) until it did.
-    pub async fn stop(self) -> LogStats {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(60), self.task)
-            .await
-            .expect("log relay stops in time")
-            .expect("log relay task")
+    pub fn start(relay: LogRelay) -> Self {
+        crate::Running::spawn(|stop| async move { relay.run_until(stop).await.expect("log relay") })
     }
 }
 
