@@ -50,7 +50,7 @@ impl Link {
 ///   event's JSON, properties and headers as in [`crate::properties`] (the envelope headers
 ///   shared with Kafka, and the CloudEvents AMQP binding's `cloudEvents:*` properties);
 /// * a batch is published in order on one channel without waiting, then every confirm is
-///   awaited, all within [`RabbitPublisherBuilder::confirm_timeout`] (default 30 s): an
+///   awaited, all within [`RabbitPublisherBuilder::confirm_timeout`] (default 25 s): an
 ///   envelope is `Ok` only on a positive acknowledgement of a message that was routed. A
 ///   `basic.nack`, a `basic.return` (no queue bound for the key), a lost channel or the timeout
 ///   is an error, always retryable ([`DeliveryError`]), so the relay keeps the row pending;
@@ -184,7 +184,11 @@ impl RabbitPublisherBuilder {
         self
     }
     /// How long a batch may wait for its publisher confirms, from its first publish (default
-    /// 30 s); past it the unconfirmed messages fail as retryable and the channel is replaced.
+    /// 25 s); past it the unconfirmed messages fail as retryable and the channel is replaced.
+    ///
+    /// With the defaults a batch takes at most about 55 s (3 connection attempts of 10 s, then
+    /// 25 s of confirms), under the relay's `publish_timeout` (60 s); keep it so when changing
+    /// them, or the relay gives the batch up first (also retryable).
     pub fn confirm_timeout(mut self, timeout: Duration) -> Self {
         self.confirm_timeout = timeout;
         self
@@ -234,7 +238,7 @@ impl RabbitPublisher {
             source: None,
             queues: Vec::new(),
             connect_timeout: Duration::from_secs(10),
-            confirm_timeout: Duration::from_secs(30),
+            confirm_timeout: Duration::from_secs(25),
             reconnect_attempts: 3,
         }
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use outbox_core::{HandlerRegistry, handler};
+use outbox_core::{Envelope, HandlerRegistry, Publisher, handler};
 use outbox_rabbitmq::{RabbitConsumer, RabbitPublisher};
 use outbox_seaorm::relay::Relay;
 use outbox_tests::rabbitmq_uri;
@@ -48,6 +48,29 @@ async fn cut_connections_lose_nothing_and_apply_everything_once_in_order() {
         .build()
         .await
         .expect("publisher");
+
+    // The publisher on its own: a cut between two batches is noticed, and the second batch
+    // goes out on a new connection.
+    let probe_queue = format!("{exchange}.probe");
+    publisher
+        .declare_queue(&probe_queue, &["Probe.#"])
+        .await
+        .expect("probe queue");
+    let probe = |n: i64| {
+        Envelope::builder("Probed", "Probe", "p-1")
+            .sequence(n)
+            .payload("{}")
+            .build()
+    };
+    assert!(publisher.publish(&[probe(1)]).await[0].is_ok());
+    cut_all_connections();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after_cut = publisher.publish(&[probe(2)]).await;
+    assert!(
+        after_cut[0].is_ok(),
+        "published after the cut: {after_cut:?}"
+    );
+
     let relay = Relay::builder(src.db.clone(), publisher)
         .retry(quick_retries())
         .build();
@@ -103,6 +126,7 @@ async fn cut_connections_lose_nothing_and_apply_everything_once_in_order() {
     .await
     .expect("cut test finished in time");
 
+    eprintln!("consumer: {stats:?}");
     assert_eq!(total, 4 * 60);
     assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, total);
     assert_eq!(stats.applied, total as u64, "{stats:?}");
@@ -123,11 +147,12 @@ async fn cut_connections_lose_nothing_and_apply_everything_once_in_order() {
     let _ = stop.send(());
     let relay_stats = relay_task.await.expect("relay task").expect("relay");
     assert!(relay_stats.published() >= total as u64, "{relay_stats:?}");
+    eprintln!("relay: {relay_stats:?}");
     let dlq = consumer.dead_letter_queue().to_owned();
     delete_all(
         &uri,
         &[&exchange, &format!("{exchange}.dlx")],
-        &[&queue, &dlq],
+        &[&queue, &dlq, &probe_queue],
     )
     .await;
 }

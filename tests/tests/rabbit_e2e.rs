@@ -16,7 +16,7 @@ use lapin::BasicProperties;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use outbox_core::{Envelope, HandlerRegistry, Publisher, RetryPolicy, handler};
-use outbox_rabbitmq::{RabbitConsumer, RabbitPublisher, dlt, properties};
+use outbox_rabbitmq::{ExchangeType, RabbitConsumer, RabbitPublisher, dlt, properties};
 use outbox_seaorm::relay::Relay;
 use outbox_tests::rabbitmq_uri;
 
@@ -515,4 +515,78 @@ async fn an_unroutable_event_fails_as_retryable_and_holds_back_its_aggregate() {
     assert!(results[2].is_err(), "{results:?}");
     publisher.close().await;
     delete_all(&uri, &[&exchange], &[&queue]).await;
+}
+
+// ---- 7. a consistent-hash exchange keeps each aggregate on one queue, in order ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_hash_exchange_keeps_each_aggregate_in_one_queue_in_order() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    // Needs the plugin scripts/services.sh enables (rabbitmq_consistent_hash_exchange).
+    let exchange = unique("hash");
+    let queues = [format!("{exchange}.q0"), format!("{exchange}.q1")];
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .exchange_type(ExchangeType::ConsistentHashOnAggregateId)
+        .declare_queue(&queues[0], ["1"])
+        .declare_queue(&queues[1], ["1"])
+        .build()
+        .await
+        .expect("publisher (is rabbitmq_consistent_hash_exchange enabled? scripts/services.sh)");
+    let aggregates = 40;
+    let per_aggregate = 5;
+    let batch: Vec<Envelope> = (1..=per_aggregate)
+        .flat_map(|seq| {
+            (0..aggregates).map(move |a| {
+                Envelope::builder("Made", "Thing", format!("thing-{a}"))
+                    .sequence(seq)
+                    .payload("{}")
+                    .build()
+            })
+        })
+        .collect();
+    let results = publisher.publish(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let (connection, channel) = raw(&uri).await;
+    let mut home: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut per_queue = [0usize; 2];
+    for (q, queue) in queues.iter().enumerate() {
+        let got = drain(&channel, queue, batch.len(), Duration::from_secs(2)).await;
+        per_queue[q] = got.len();
+        for m in got {
+            let p = &m.delivery.properties;
+            let aggregate = header(p, "aggregate_id").to_owned();
+            let first = *home.entry(aggregate.clone()).or_insert(q);
+            assert_eq!(first, q, "{aggregate} went to both queues");
+            order
+                .entry(aggregate)
+                .or_default()
+                .push(header(p, "sequence").parse().expect("sequence"));
+        }
+    }
+    assert_eq!(
+        per_queue.iter().sum::<usize>(),
+        batch.len(),
+        "{per_queue:?}"
+    );
+    assert!(
+        per_queue.iter().all(|n| *n > 0),
+        "both queues get aggregates: {per_queue:?}"
+    );
+    assert_eq!(order.len(), aggregates);
+    for (aggregate, sequences) in &order {
+        assert_eq!(
+            sequences,
+            &(1..=per_aggregate).collect::<Vec<_>>(),
+            "order of {aggregate}"
+        );
+    }
+    let _ = connection.close(200, "done".into()).await;
+    publisher.close().await;
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    delete_all(&uri, &[&exchange], &queues).await;
 }
