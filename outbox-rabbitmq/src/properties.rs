@@ -112,3 +112,75 @@ pub fn decode(
     }
     Ok(envelope)
 }
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{AMQPValue, ShortString};
+    use outbox_core::Envelope;
+    use outbox_core::wire::MalformedMessage;
+
+    use super::{decode, encode};
+
+    fn envelope() -> Envelope {
+        Envelope::builder("Made", "Thing", "t-1")
+            .sequence(3)
+            .payload("{}")
+            .build()
+    }
+
+    #[test]
+    fn round_trip_keeps_the_envelope() {
+        let e = envelope();
+        let p = encode(&e, "/things");
+        let back = decode(&p, b"{}", "q").unwrap();
+        assert_eq!(back.id(), e.id());
+        assert_eq!(back.sequence(), 3);
+        assert_eq!(back.topic(), Some("q"));
+        assert_eq!(
+            p.message_id().as_ref().map(ShortString::as_str),
+            Some(e.id().to_string().as_str())
+        );
+    }
+
+    #[test]
+    fn a_header_of_another_type_or_a_conflicting_property_is_invalid() {
+        let e = envelope();
+        let p = encode(&e, "/things");
+        let mut headers = p.headers().clone().unwrap();
+        headers.insert("event_version".into(), AMQPValue::LongInt(2));
+        assert_eq!(
+            decode(&p.clone().with_headers(headers), b"{}", "q").unwrap_err(),
+            MalformedMessage::InvalidHeader {
+                header: "event_version"
+            }
+        );
+        let other_id = p.clone().with_message_id("something-else".into());
+        assert_eq!(
+            decode(&other_id, b"{}", "q").unwrap_err(),
+            MalformedMessage::InvalidHeader {
+                header: "message_id"
+            }
+        );
+        let text = p.clone().with_content_type("text/plain".into());
+        assert_eq!(
+            decode(&text, b"{}", "q").unwrap_err(),
+            MalformedMessage::InvalidHeader {
+                header: "content_type"
+            }
+        );
+        assert_eq!(
+            decode(&p, b"", "q").unwrap_err(),
+            MalformedMessage::NoPayload
+        );
+    }
+
+    #[test]
+    fn short_strings_count_as_text() {
+        let e = envelope();
+        let p = encode(&e, "/things");
+        let mut headers = p.headers().clone().unwrap();
+        headers.insert("aggregate_id".into(), AMQPValue::ShortString("t-1".into()));
+        let back = decode(&p.with_headers(headers), b"{}", "q").unwrap();
+        assert_eq!(back.aggregate_id(), "t-1");
+    }
+}
