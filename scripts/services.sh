@@ -73,4 +73,22 @@ if port_open 3306 && command -v mariadb >/dev/null 2>&1; then
   mariadb -h 127.0.0.1 -uroot -e "CREATE DATABASE IF NOT EXISTS test" || true
 fi
 
+# RabbitMQ (the outbox-rabbitmq tests): the server runs on every machine of this project. Its
+# consistent-hash exchange plugin (ExchangeType::ConsistentHashOnAggregateId) is enabled online,
+# without a restart; enabling an enabled plugin does nothing.
+if port_open 5672; then
+  echo "services: RabbitMQ answers on 127.0.0.1:5672"
+  if command -v rabbitmq-plugins >/dev/null 2>&1; then
+    if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+      echo "services: enabling RabbitMQ plugin rabbitmq_consistent_hash_exchange"
+      rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null || status=1
+    fi
+  else
+    echo "services: no rabbitmq-plugins; the consistent-hash exchange test needs rabbitmq_consistent_hash_exchange" >&2
+  fi
+else
+  echo "services: RabbitMQ is not reachable on 127.0.0.1:5672" >&2
+  status=1
+fi
+
 exit $status

@@ -62,6 +62,7 @@ mod handler;
 mod publish;
 mod retry;
 pub mod testing;
+pub mod wire;
 
 pub use aggregate::AggregateRoot;
 pub use dispatch::{

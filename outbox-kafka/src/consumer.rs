@@ -22,26 +22,7 @@ use crate::config::KafkaConfig;
 use crate::error::SetupError;
 use crate::headers::{self, MalformedMessage};
 
-/// Header names of a dead letter (besides the original headers, key and payload).
-pub mod dlt {
-    /// Why: `malformed:<kind>` (see [`crate::MalformedMessage::reason`]),
-    /// `handler-failed` or `handler-permanent`.
-    pub const REASON: &str = "dlt_reason";
-    /// The error, with its full chain of causes.
-    pub const ERROR: &str = "dlt_error";
-    /// How many attempts were made.
-    pub const ATTEMPTS: &str = "dlt_attempts";
-    /// The topic the message came from.
-    pub const ORIGINAL_TOPIC: &str = "dlt_original_topic";
-    /// Its partition.
-    pub const ORIGINAL_PARTITION: &str = "dlt_original_partition";
-    /// Its offset.
-    pub const ORIGINAL_OFFSET: &str = "dlt_original_offset";
-    /// The handler that failed, when one did.
-    pub const HANDLER: &str = "dlt_handler";
-    /// The consumer group.
-    pub const GROUP: &str = "dlt_group";
-}
+pub use outbox_core::wire::dlt;
 
 /// What a consumer did until it stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

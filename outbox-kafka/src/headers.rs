@@ -18,177 +18,54 @@
 //! | `ce_sequence` | per-aggregate sequence (CloudEvents sequence extension) |
 //! | `ce_traceparent` | when set (CloudEvents distributed tracing extension) |
 //!
-//! The payload is the event's JSON and the key the aggregate id.
+//! The payload is the event's JSON and the key the aggregate id. The names and the encoding
+//! are [`outbox_core::wire`]'s, shared with the other broker backends.
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use outbox_core::{Envelope, EventMetadata};
+use outbox_core::Envelope;
+use outbox_core::wire::{self, HeaderSource, HeaderValue, KAFKA_CLOUDEVENTS_PREFIX};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
-use uuid::Uuid;
 
-/// Event id header.
-pub const EVENT_ID: &str = "event_id";
-/// Event name header.
-pub const EVENT_NAME: &str = "event_name";
-/// Payload version header.
-pub const EVENT_VERSION: &str = "event_version";
-/// Aggregate type header.
-pub const AGGREGATE_TYPE: &str = "aggregate_type";
-/// Aggregate id header.
-pub const AGGREGATE_ID: &str = "aggregate_id";
-/// Sequence header.
-pub const SEQUENCE: &str = "sequence";
-/// Occurred-at header (RFC 3339).
-pub const OCCURRED_AT: &str = "occurred_at";
-/// Content type header (`application/json`).
-pub const CONTENT_TYPE: &str = "content-type";
-/// Correlation id header.
-pub const CORRELATION_ID: &str = "correlation_id";
-/// Causation id header.
-pub const CAUSATION_ID: &str = "causation_id";
-/// W3C trace context header.
-pub const TRACEPARENT: &str = "traceparent";
-/// Prefix of the extra metadata headers.
-pub const META_PREFIX: &str = "meta_";
-/// The content type of every payload.
-pub const JSON: &str = "application/json";
+pub use outbox_core::wire::{
+    AGGREGATE_ID, AGGREGATE_TYPE, CAUSATION_ID, CONTENT_TYPE, CORRELATION_ID, EVENT_ID, EVENT_NAME,
+    EVENT_VERSION, JSON, META_PREFIX, MalformedMessage, OCCURRED_AT, SEQUENCE, TRACEPARENT,
+};
 
-/// Why a message is not a well-formed event.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MalformedMessage {
-    /// The message has no payload.
-    #[error("message has no payload")]
-    NoPayload,
-    /// The payload is not UTF-8 JSON.
-    #[error("payload is not JSON: {0}")]
-    NotJson(String),
-    /// A required header is missing.
-    #[error("header `{0}` is missing")]
-    MissingHeader(&'static str),
-    /// A header's value does not parse.
-    #[error("header `{header}` has an invalid value")]
-    InvalidHeader {
-        /// The header.
-        header: &'static str,
-    },
-    /// No handler of this consumer group handles the event.
-    #[error("no handler of consumer group `{group}` handles event `{event}`")]
-    UnknownEvent {
-        /// The consumer group.
-        group: String,
-        /// The event name.
-        event: String,
-    },
-}
-
-impl MalformedMessage {
-    /// A short, stable name of the reason (the `dlt_reason` header of a dead letter).
-    pub fn reason(&self) -> &'static str {
-        match self {
-            MalformedMessage::NoPayload => "no-payload",
-            MalformedMessage::NotJson(_) => "not-json",
-            MalformedMessage::MissingHeader(_) => "missing-header",
-            MalformedMessage::InvalidHeader { .. } => "invalid-header",
-            MalformedMessage::UnknownEvent { .. } => "unknown-event",
-        }
-    }
-}
-
-pub(crate) fn time(at: DateTime<Utc>) -> String {
-    at.to_rfc3339_opts(SecondsFormat::Micros, true)
-}
-
-/// The headers of `envelope`, with CloudEvents source `source`.
+/// The headers of `envelope`, with CloudEvents source `source` (see [`outbox_core::wire`]).
 pub(crate) fn encode(envelope: &Envelope, source: &str) -> OwnedHeaders {
-    let id = envelope.id().to_string();
-    let version = envelope.event_version().to_string();
-    let sequence = envelope.sequence().to_string();
-    let occurred = time(envelope.occurred_at());
-    let meta = envelope.metadata();
-    let mut pairs: Vec<(String, &str)> = vec![
-        (EVENT_ID.into(), &id),
-        (EVENT_NAME.into(), envelope.event_name()),
-        (EVENT_VERSION.into(), &version),
-        (AGGREGATE_TYPE.into(), envelope.aggregate_type()),
-        (AGGREGATE_ID.into(), envelope.aggregate_id()),
-        (SEQUENCE.into(), &sequence),
-        (OCCURRED_AT.into(), &occurred),
-        (CONTENT_TYPE.into(), JSON),
-        ("ce_specversion".into(), "1.0"),
-        ("ce_id".into(), &id),
-        ("ce_source".into(), source),
-        ("ce_type".into(), envelope.event_name()),
-        ("ce_time".into(), &occurred),
-        ("ce_subject".into(), envelope.aggregate_id()),
-        ("ce_sequence".into(), &sequence),
-    ];
-    if let Some(v) = meta.correlation_id() {
-        pairs.push((CORRELATION_ID.into(), v));
-    }
-    if let Some(v) = meta.causation_id() {
-        pairs.push((CAUSATION_ID.into(), v));
-    }
-    if let Some(v) = meta.traceparent() {
-        pairs.push((TRACEPARENT.into(), v));
-        pairs.push(("ce_traceparent".into(), v));
-    }
-    for (k, v) in meta.extra() {
-        pairs.push((format!("{META_PREFIX}{k}"), v));
-    }
+    let pairs = wire::encode(envelope, source, KAFKA_CLOUDEVENTS_PREFIX);
     let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
     for (key, value) in &pairs {
         headers = headers.insert(Header {
             key,
-            value: Some(*value),
+            value: Some(value.as_ref()),
         });
     }
     headers
 }
 
-/// The first value of header `key`, as UTF-8.
-pub(crate) fn get<'h, H: Headers + ?Sized>(
-    headers: &'h H,
-    key: &str,
-) -> Option<Result<&'h str, ()>> {
-    (0..headers.count())
-        .filter_map(|i| headers.try_get(i))
-        .find(|h| h.key == key)
-        .map(|h| std::str::from_utf8(h.value.unwrap_or_default()).map_err(|_| ()))
-}
+/// rdkafka's headers, as [`wire::decode`] reads them (a header without a value is empty text).
+struct Kafka<'h, H: ?Sized>(&'h H);
 
-fn required<'h, H: Headers + ?Sized>(
-    headers: &'h H,
-    key: &'static str,
-    fallback: &'static str,
-) -> Result<&'h str, MalformedMessage> {
-    match get(headers, key).or_else(|| get(headers, fallback)) {
-        None => Err(MalformedMessage::MissingHeader(key)),
-        Some(Err(())) => Err(MalformedMessage::InvalidHeader { header: key }),
-        Some(Ok(v)) => Ok(v),
+impl<'h, H: Headers + ?Sized> HeaderSource<'h> for Kafka<'h, H> {
+    fn get(&self, key: &str) -> Option<HeaderValue<'h>> {
+        (0..self.0.count())
+            .filter_map(|i| self.0.try_get(i))
+            .find(|h| h.key == key)
+            .map(|h| match std::str::from_utf8(h.value.unwrap_or_default()) {
+                Ok(v) => HeaderValue::Text(v),
+                Err(_) => HeaderValue::NotText,
+            })
     }
-}
-
-fn optional<'h, H: Headers + ?Sized>(
-    headers: &'h H,
-    key: &'static str,
-) -> Result<Option<&'h str>, MalformedMessage> {
-    match get(headers, key) {
-        None => Ok(None),
-        Some(Err(())) => Err(MalformedMessage::InvalidHeader { header: key }),
-        Some(Ok(v)) => Ok(Some(v)),
+    fn texts(&self) -> Vec<(&'h str, &'h str)> {
+        (0..self.0.count())
+            .filter_map(|i| self.0.try_get(i))
+            .filter_map(|h| {
+                std::str::from_utf8(h.value.unwrap_or_default())
+                    .ok()
+                    .map(|v| (h.key, v))
+            })
+            .collect()
     }
-}
-
-fn parse<T: std::str::FromStr>(
-    value: Option<&str>,
-    header: &'static str,
-) -> Result<Option<T>, MalformedMessage> {
-    value
-        .map(|v| {
-            v.parse::<T>()
-                .map_err(|_| MalformedMessage::InvalidHeader { header })
-        })
-        .transpose()
 }
 
 /// Rebuilds the envelope of a message from its headers and payload.
@@ -204,51 +81,76 @@ pub fn decode<H: Headers + ?Sized>(
     payload: Option<&[u8]>,
     topic: &str,
 ) -> Result<Envelope, MalformedMessage> {
-    let payload = payload.ok_or(MalformedMessage::NoPayload)?;
-    let payload =
-        std::str::from_utf8(payload).map_err(|e| MalformedMessage::NotJson(e.to_string()))?;
-    serde_json::from_str::<serde::de::IgnoredAny>(payload)
-        .map_err(|e| MalformedMessage::NotJson(e.to_string()))?;
-    let headers = headers.ok_or(MalformedMessage::MissingHeader(EVENT_ID))?;
-    let id: Uuid = required(headers, EVENT_ID, "ce_id")?
-        .parse()
-        .map_err(|_| MalformedMessage::InvalidHeader { header: EVENT_ID })?;
-    let name = required(headers, EVENT_NAME, "ce_type")?;
-    let aggregate_type = required(headers, AGGREGATE_TYPE, AGGREGATE_TYPE)?;
-    let aggregate_id = required(headers, AGGREGATE_ID, "ce_subject")?;
-    let mut builder = Envelope::builder(name, aggregate_type, aggregate_id)
-        .id(id)
-        .payload(payload)
-        .topic(Some(topic.to_owned()));
-    if let Some(v) = parse::<u32>(optional(headers, EVENT_VERSION)?, EVENT_VERSION)? {
-        builder = builder.version(v);
+    wire::decode(headers.map(Kafka), payload, topic, KAFKA_CLOUDEVENTS_PREFIX)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{TimeZone, Utc};
+    use outbox_core::{Envelope, EventMetadata};
+    use rdkafka::message::Headers;
+    use uuid::Uuid;
+
+    /// The Kafka wire format, header by header, in order: what consumers of other stacks read.
+    #[test]
+    fn headers_keep_their_names_values_and_order() {
+        let id = Uuid::parse_str("0190a6b2-7c1e-7d3a-9f00-0123456789ab").unwrap();
+        let envelope = Envelope::builder("OrderPlaced", "Order", "o-7")
+            .id(id)
+            .version(3)
+            .sequence(42)
+            .occurred_at(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap())
+            .payload("{}")
+            .metadata(
+                EventMetadata::new()
+                    .with_correlation_id("corr")
+                    .with_causation_id("cause")
+                    .with_traceparent("00-abc-def-01")
+                    .with_extra("tenant", "t1"),
+            )
+            .build();
+        let headers = super::encode(&envelope, "/shop");
+        let got: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8(h.value.unwrap().to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        let at = "2026-01-02T03:04:05.000000Z";
+        let id = id.to_string();
+        let want: Vec<(&str, &str)> = vec![
+            ("event_id", &id),
+            ("event_name", "OrderPlaced"),
+            ("event_version", "3"),
+            ("aggregate_type", "Order"),
+            ("aggregate_id", "o-7"),
+            ("sequence", "42"),
+            ("occurred_at", at),
+            ("content-type", "application/json"),
+            ("ce_specversion", "1.0"),
+            ("ce_id", &id),
+            ("ce_source", "/shop"),
+            ("ce_type", "OrderPlaced"),
+            ("ce_time", at),
+            ("ce_subject", "o-7"),
+            ("ce_sequence", "42"),
+            ("correlation_id", "corr"),
+            ("causation_id", "cause"),
+            ("traceparent", "00-abc-def-01"),
+            ("ce_traceparent", "00-abc-def-01"),
+            ("meta_tenant", "t1"),
+        ];
+        let want: Vec<(String, String)> = want
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(got, want);
+        let back = super::decode(Some(&headers), Some(b"{}"), "orders").unwrap();
+        assert_eq!(back.id(), envelope.id());
+        assert_eq!(back.sequence(), 42);
+        assert_eq!(back.metadata(), envelope.metadata());
     }
-    if let Some(v) = parse::<i64>(optional(headers, SEQUENCE)?, SEQUENCE)? {
-        builder = builder.sequence(v);
-    }
-    if let Some(v) = optional(headers, OCCURRED_AT)? {
-        let at = DateTime::parse_from_rfc3339(v).map_err(|_| MalformedMessage::InvalidHeader {
-            header: OCCURRED_AT,
-        })?;
-        builder = builder.occurred_at(at.with_timezone(&Utc));
-    }
-    let mut meta = EventMetadata::new();
-    if let Some(v) = optional(headers, CORRELATION_ID)? {
-        meta = meta.with_correlation_id(v);
-    }
-    if let Some(v) = optional(headers, CAUSATION_ID)? {
-        meta = meta.with_causation_id(v);
-    }
-    if let Some(v) = optional(headers, TRACEPARENT)? {
-        meta = meta.with_traceparent(v);
-    }
-    for i in 0..headers.count() {
-        if let Some(h) = headers.try_get(i)
-            && let Some(key) = h.key.strip_prefix(META_PREFIX)
-            && let Ok(value) = std::str::from_utf8(h.value.unwrap_or_default())
-        {
-            meta = meta.with_extra(key, value);
-        }
-    }
-    Ok(builder.metadata(meta).build())
 }

@@ -120,6 +120,38 @@ pub fn kafka_brokers() -> Option<String> {
     }
 }
 
+/// The RabbitMQ server (`OUTBOX_TEST_AMQP_URL`, default `amqp://guest:guest@127.0.0.1:5672/%2f`),
+/// or `None` (after printing why) when it is unreachable outside CI.
+pub fn rabbitmq_uri() -> Option<String> {
+    let uri = std::env::var("OUTBOX_TEST_AMQP_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    let host = uri
+        .split_once("://")
+        .map_or(uri.as_str(), |(_, rest)| rest)
+        .rsplit_once('@')
+        .map_or_else(
+            || uri.split_once("://").map_or(uri.as_str(), |(_, rest)| rest),
+            |(_, host)| host,
+        )
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let reachable = host
+        .to_socket_addrs()
+        .map_err(|e| e.to_string())
+        .and_then(|mut addrs| addrs.next().ok_or_else(|| "no address".to_owned()))
+        .and_then(|addr| {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())
+        });
+    match reachable {
+        Ok(_) => Some(uri),
+        Err(e) => unavailable(&format!("RabbitMQ at {host}"), &e),
+    }
+}
+
 async fn connect(url: &str, max: u32) -> Result<DatabaseConnection, sea_orm::DbErr> {
     let mut opts = ConnectOptions::new(url.to_owned());
     opts.max_connections(max)

@@ -8,7 +8,8 @@
 //! ```text
 //! cargo run --release -p bench -- [--database-url postgres://postgres@127.0.0.1:5432/test]
 //!     [--backends postgres,sqlite] [--brokers 127.0.0.1:9092] [--runs 3] [--scale 1.0]
-//!     [--only write,relay,latency,consumer,dispatch] [--out BENCHMARKS.md]
+//!     [--only write,relay,latency,consumer,dispatch,rabbit] [--amqp-url amqp://...]
+//!     [--out BENCHMARKS.md]
 //! ```
 
 mod consumer;
@@ -16,6 +17,7 @@ mod db;
 mod dispatch;
 mod latency;
 mod model;
+mod rabbit;
 mod relay;
 mod report;
 mod stats;
@@ -52,13 +54,16 @@ pub(crate) struct Opts {
     /// Multiplies every size (events, transactions, seconds); 1.0 is the full benchmark.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) scale: f64,
-    /// Scenarios to run, comma-separated: write, relay, latency, consumer, dispatch.
+    /// Scenarios to run, comma-separated: write, relay, latency, consumer, dispatch, rabbit.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "write,relay,latency,consumer,dispatch"
     )]
     pub(crate) only: Vec<String>,
+    /// RabbitMQ server of the `rabbit` scenario (`--only rabbit`; not in the default list).
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub(crate) amqp_url: String,
     /// Where to write the report (`-` for nowhere).
     #[arg(long, default_value = "BENCHMARKS.md")]
     pub(crate) out: String,
@@ -130,6 +135,9 @@ async fn run(opts: Opts) -> BoxResult<()> {
         }
         if opts.wants("dispatch") {
             dispatch::run(&opts, &bench, &mut report).await?;
+        }
+        if opts.wants("rabbit") {
+            rabbit::run(&opts, &bench, &mut report).await?;
         }
         if std::env::var_os("BENCH_KEEP_DB").is_none() {
             bench.drop_database().await?;

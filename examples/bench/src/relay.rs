@@ -53,7 +53,7 @@ struct ChildResult {
 
 /// How the backlog of a contender is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Backlog {
+pub(crate) enum Backlog {
     /// Pending `outbox` rows: what the table relays claim (and what the raw producer reads).
     Pending,
     /// Settled `outbox` rows (`Capture::LogTable`), committed after the log relay's slot was
@@ -117,7 +117,7 @@ const CAPTURED: i16 = 3;
 
 /// Writes a backlog of `n` events: `n / 10` aggregates, 10 events each, interleaved, in
 /// transactions of [`SEED_TXN`] events.
-async fn seed(bench: &BenchDb, n: usize, backlog: Backlog) -> BoxResult<()> {
+pub(crate) async fn seed(bench: &BenchDb, n: usize, backlog: Backlog) -> BoxResult<()> {
     let aggregates = (n / 10).max(1);
     let now = outbox_seaorm::time::now_micros();
     let cols = [

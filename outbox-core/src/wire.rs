@@ -1,0 +1,323 @@
+//! The headers an event travels with on a broker, and decoding them back into an [`Envelope`]:
+//! one source for every broker backend (Kafka record headers, AMQP application headers).
+//!
+//! | header | value |
+//! |---|---|
+//! | `event_id` | event id (UUIDv7) |
+//! | `event_name` | event name |
+//! | `event_version` | payload version |
+//! | `aggregate_type` | aggregate routing name |
+//! | `aggregate_id` | aggregate id |
+//! | `sequence` | per-aggregate sequence number |
+//! | `occurred_at` | RFC 3339, UTC, microseconds |
+//! | `content-type` | `application/json` |
+//! | `correlation_id`, `causation_id`, `traceparent` | when set in the metadata |
+//! | `meta_<key>` | each extra metadata entry |
+//! | `<ce>specversion` | `1.0` (CloudEvents binary mode) |
+//! | `<ce>id`, `<ce>type`, `<ce>subject`, `<ce>time` | event id, event name, aggregate id, occurred at |
+//! | `<ce>source` | the publisher's source, by default `/outbox/<aggregate type>` |
+//! | `<ce>sequence` | per-aggregate sequence (CloudEvents sequence extension) |
+//! | `<ce>traceparent` | when set (CloudEvents distributed tracing extension) |
+//!
+//! `<ce>` is the CloudEvents prefix of the protocol binding: [`KAFKA_CLOUDEVENTS_PREFIX`]
+//! (`ce_`) or [`AMQP_CLOUDEVENTS_PREFIX`] (`cloudEvents:`).
+//!
+//! ```
+//! use outbox_core::Envelope;
+//! use outbox_core::wire;
+//!
+//! let envelope = Envelope::builder("OrderCreated", "Order", "o-1").build();
+//! let headers = wire::encode(&envelope, "/shop", wire::AMQP_CLOUDEVENTS_PREFIX);
+//! assert!(headers.iter().any(|(k, v)| k == "cloudEvents:type" && v == "OrderCreated"));
+//!
+//! let pairs: Vec<(String, String)> =
+//!     headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+//! let pairs: Vec<(&str, &str)> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+//! let back = wire::decode(Some(pairs.as_slice()), Some(b"{}"), "orders",
+//!     wire::AMQP_CLOUDEVENTS_PREFIX).unwrap();
+//! assert_eq!(back.id(), envelope.id());
+//! ```
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, EventMetadata};
+
+/// Event id header.
+pub const EVENT_ID: &str = "event_id";
+/// Event name header.
+pub const EVENT_NAME: &str = "event_name";
+/// Payload version header.
+pub const EVENT_VERSION: &str = "event_version";
+/// Aggregate type header.
+pub const AGGREGATE_TYPE: &str = "aggregate_type";
+/// Aggregate id header.
+pub const AGGREGATE_ID: &str = "aggregate_id";
+/// Sequence header.
+pub const SEQUENCE: &str = "sequence";
+/// Occurred-at header (RFC 3339).
+pub const OCCURRED_AT: &str = "occurred_at";
+/// Content type header (`application/json`).
+pub const CONTENT_TYPE: &str = "content-type";
+/// Correlation id header.
+pub const CORRELATION_ID: &str = "correlation_id";
+/// Causation id header.
+pub const CAUSATION_ID: &str = "causation_id";
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+/// Prefix of the extra metadata headers.
+pub const META_PREFIX: &str = "meta_";
+/// The content type of every payload.
+pub const JSON: &str = "application/json";
+/// CloudEvents attribute prefix of the Kafka protocol binding.
+pub const KAFKA_CLOUDEVENTS_PREFIX: &str = "ce_";
+/// CloudEvents attribute prefix of the AMQP protocol binding (application properties).
+pub const AMQP_CLOUDEVENTS_PREFIX: &str = "cloudEvents:";
+
+/// Header names of a dead letter (besides the original headers and payload), shared by the
+/// broker backends.
+pub mod dlt {
+    /// Why: `malformed:<kind>` (see [`super::MalformedMessage::reason`]),
+    /// `handler-failed` or `handler-permanent`.
+    pub const REASON: &str = "dlt_reason";
+    /// The error, with its full chain of causes.
+    pub const ERROR: &str = "dlt_error";
+    /// How many attempts were made.
+    pub const ATTEMPTS: &str = "dlt_attempts";
+    /// The topic (Kafka) or exchange (AMQP) the message came from.
+    pub const ORIGINAL_TOPIC: &str = "dlt_original_topic";
+    /// Its partition (Kafka).
+    pub const ORIGINAL_PARTITION: &str = "dlt_original_partition";
+    /// Its offset (Kafka).
+    pub const ORIGINAL_OFFSET: &str = "dlt_original_offset";
+    /// Its routing key (AMQP).
+    pub const ORIGINAL_ROUTING_KEY: &str = "dlt_original_routing_key";
+    /// The queue it was consumed from (AMQP).
+    pub const ORIGINAL_QUEUE: &str = "dlt_original_queue";
+    /// The handler that failed, when one did.
+    pub const HANDLER: &str = "dlt_handler";
+    /// The consumer group.
+    pub const GROUP: &str = "dlt_group";
+}
+
+/// Why a message is not a well-formed event.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MalformedMessage {
+    /// The message has no payload.
+    #[error("message has no payload")]
+    NoPayload,
+    /// The payload is not UTF-8 JSON.
+    #[error("payload is not JSON: {0}")]
+    NotJson(String),
+    /// A required header is missing.
+    #[error("header `{0}` is missing")]
+    MissingHeader(&'static str),
+    /// A header's value does not parse.
+    #[error("header `{header}` has an invalid value")]
+    InvalidHeader {
+        /// The header.
+        header: &'static str,
+    },
+    /// No handler of this consumer group handles the event.
+    #[error("no handler of consumer group `{group}` handles event `{event}`")]
+    UnknownEvent {
+        /// The consumer group.
+        group: String,
+        /// The event name.
+        event: String,
+    },
+}
+
+impl MalformedMessage {
+    /// A short, stable name of the reason (the `dlt_reason` header of a dead letter).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MalformedMessage::NoPayload => "no-payload",
+            MalformedMessage::NotJson(_) => "not-json",
+            MalformedMessage::MissingHeader(_) => "missing-header",
+            MalformedMessage::InvalidHeader { .. } => "invalid-header",
+            MalformedMessage::UnknownEvent { .. } => "unknown-event",
+        }
+    }
+}
+
+/// `at` as the headers carry it: RFC 3339, UTC, microseconds.
+pub fn time(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// One header: its name and its value.
+pub type Header<'a> = (Cow<'static, str>, Cow<'a, str>);
+
+/// The headers of `envelope`, in a fixed order, with CloudEvents source `source` and the
+/// CloudEvents attribute prefix `ce_prefix` of the protocol binding.
+pub fn encode<'a>(envelope: &'a Envelope, source: &'a str, ce_prefix: &str) -> Vec<Header<'a>> {
+    let id = envelope.id().to_string();
+    let sequence = envelope.sequence().to_string();
+    let occurred = time(envelope.occurred_at());
+    let meta = envelope.metadata();
+    let ce = |name: &str| -> Cow<'static, str> { Cow::Owned(format!("{ce_prefix}{name}")) };
+    let mut pairs: Vec<Header<'a>> = Vec::with_capacity(16 + meta.extra().len());
+    pairs.push((EVENT_ID.into(), id.clone().into()));
+    pairs.push((EVENT_NAME.into(), envelope.event_name().into()));
+    pairs.push((
+        EVENT_VERSION.into(),
+        envelope.event_version().to_string().into(),
+    ));
+    pairs.push((AGGREGATE_TYPE.into(), envelope.aggregate_type().into()));
+    pairs.push((AGGREGATE_ID.into(), envelope.aggregate_id().into()));
+    pairs.push((SEQUENCE.into(), sequence.clone().into()));
+    pairs.push((OCCURRED_AT.into(), occurred.clone().into()));
+    pairs.push((CONTENT_TYPE.into(), JSON.into()));
+    pairs.push((ce("specversion"), "1.0".into()));
+    pairs.push((ce("id"), id.into()));
+    pairs.push((ce("source"), source.into()));
+    pairs.push((ce("type"), envelope.event_name().into()));
+    pairs.push((ce("time"), occurred.into()));
+    pairs.push((ce("subject"), envelope.aggregate_id().into()));
+    pairs.push((ce("sequence"), sequence.into()));
+    if let Some(v) = meta.correlation_id() {
+        pairs.push((CORRELATION_ID.into(), v.into()));
+    }
+    if let Some(v) = meta.causation_id() {
+        pairs.push((CAUSATION_ID.into(), v.into()));
+    }
+    if let Some(v) = meta.traceparent() {
+        pairs.push((TRACEPARENT.into(), v.into()));
+        pairs.push((ce("traceparent"), v.into()));
+    }
+    for (k, v) in meta.extra() {
+        pairs.push((Cow::Owned(format!("{META_PREFIX}{k}")), v.as_str().into()));
+    }
+    pairs
+}
+
+/// A header value as a message carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HeaderValue<'a> {
+    /// A text value.
+    Text(&'a str),
+    /// A value that is not text (not UTF-8, or of another type).
+    NotText,
+}
+
+/// The headers of one message, as [`decode`] reads them: a lookup by name (the first value of
+/// that name) and every text header in order (for the `meta_` ones).
+pub trait HeaderSource<'h> {
+    /// The first header named `key`, or `None` when there is none.
+    fn get(&self, key: &str) -> Option<HeaderValue<'h>>;
+    /// Every header with a text value, in order.
+    fn texts(&self) -> Vec<(&'h str, &'h str)>;
+}
+
+/// Text headers given as `(name, value)` pairs, in order.
+impl<'h> HeaderSource<'h> for &'h [(&'h str, &'h str)] {
+    fn get(&self, key: &str) -> Option<HeaderValue<'h>> {
+        self.iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| HeaderValue::Text(v))
+    }
+    fn texts(&self) -> Vec<(&'h str, &'h str)> {
+        self.to_vec()
+    }
+}
+
+fn required<'h>(
+    headers: &impl HeaderSource<'h>,
+    key: &'static str,
+    fallback: &str,
+) -> Result<&'h str, MalformedMessage> {
+    match headers.get(key).or_else(|| headers.get(fallback)) {
+        None => Err(MalformedMessage::MissingHeader(key)),
+        Some(HeaderValue::NotText) => Err(MalformedMessage::InvalidHeader { header: key }),
+        Some(HeaderValue::Text(v)) => Ok(v),
+    }
+}
+
+fn optional<'h>(
+    headers: &impl HeaderSource<'h>,
+    key: &'static str,
+) -> Result<Option<&'h str>, MalformedMessage> {
+    match headers.get(key) {
+        None => Ok(None),
+        Some(HeaderValue::NotText) => Err(MalformedMessage::InvalidHeader { header: key }),
+        Some(HeaderValue::Text(v)) => Ok(Some(v)),
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    value: Option<&str>,
+    header: &'static str,
+) -> Result<Option<T>, MalformedMessage> {
+    value
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| MalformedMessage::InvalidHeader { header })
+        })
+        .transpose()
+}
+
+/// Rebuilds the envelope of a message from its headers and payload.
+///
+/// `event_id`, `event_name`, `aggregate_type` and `aggregate_id` are required (`<ce>id`,
+/// `<ce>type` and `<ce>subject` stand in for the first, second and fourth); the rest default as
+/// in [`Envelope::builder`]. The payload must be JSON. `topic` becomes [`Envelope::topic`].
+///
+/// # Errors
+/// [`MalformedMessage`] naming what is wrong: the payload is checked first, then the headers
+/// (no headers at all is a missing `event_id`).
+pub fn decode<'h>(
+    headers: Option<impl HeaderSource<'h>>,
+    payload: Option<&[u8]>,
+    topic: &str,
+    ce_prefix: &str,
+) -> Result<Envelope, MalformedMessage> {
+    let payload = payload.ok_or(MalformedMessage::NoPayload)?;
+    let payload =
+        std::str::from_utf8(payload).map_err(|e| MalformedMessage::NotJson(e.to_string()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(payload)
+        .map_err(|e| MalformedMessage::NotJson(e.to_string()))?;
+    let headers = headers.ok_or(MalformedMessage::MissingHeader(EVENT_ID))?;
+    let id: Uuid = required(&headers, EVENT_ID, &format!("{ce_prefix}id"))?
+        .parse()
+        .map_err(|_| MalformedMessage::InvalidHeader { header: EVENT_ID })?;
+    let name = required(&headers, EVENT_NAME, &format!("{ce_prefix}type"))?;
+    let aggregate_type = required(&headers, AGGREGATE_TYPE, AGGREGATE_TYPE)?;
+    let aggregate_id = required(&headers, AGGREGATE_ID, &format!("{ce_prefix}subject"))?;
+    let mut builder = Envelope::builder(name, aggregate_type, aggregate_id)
+        .id(id)
+        .payload(payload)
+        .topic(Some(topic.to_owned()));
+    if let Some(v) = parse::<u32>(optional(&headers, EVENT_VERSION)?, EVENT_VERSION)? {
+        builder = builder.version(v);
+    }
+    if let Some(v) = parse::<i64>(optional(&headers, SEQUENCE)?, SEQUENCE)? {
+        builder = builder.sequence(v);
+    }
+    if let Some(v) = optional(&headers, OCCURRED_AT)? {
+        let at = DateTime::parse_from_rfc3339(v).map_err(|_| MalformedMessage::InvalidHeader {
+            header: OCCURRED_AT,
+        })?;
+        builder = builder.occurred_at(at.with_timezone(&Utc));
+    }
+    let mut meta = EventMetadata::new();
+    if let Some(v) = optional(&headers, CORRELATION_ID)? {
+        meta = meta.with_correlation_id(v);
+    }
+    if let Some(v) = optional(&headers, CAUSATION_ID)? {
+        meta = meta.with_causation_id(v);
+    }
+    if let Some(v) = optional(&headers, TRACEPARENT)? {
+        meta = meta.with_traceparent(v);
+    }
+    for (key, value) in headers.texts() {
+        if let Some(key) = key.strip_prefix(META_PREFIX) {
+            meta = meta.with_extra(key, value);
+        }
+    }
+    Ok(builder.metadata(meta).build())
+}

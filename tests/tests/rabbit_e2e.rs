@@ -1,0 +1,592 @@
+//! End to end against the real RabbitMQ server: events saved with `Outbox::save` on PostgreSQL,
+//! relayed by `Relay` + `RabbitPublisher`, and applied exactly once into a second PostgreSQL
+//! database by a `RabbitConsumer` running `#[event_handler(group = ..)]` handlers; duplicates,
+//! malformed messages, failing handlers and unroutable events. Connection cuts are in
+//! `rabbit_cut` (a binary of its own: cutting every connection would disturb these tests).
+//!
+//! The server comes from `OUTBOX_TEST_AMQP_URL` (default
+//! `amqp://guest:guest@127.0.0.1:5672/%2f`). Every test uses an exchange and queues of its own
+//! (UUID suffix) and deletes them at the end. Unreachable server: failure under `CI=true`, skip
+//! elsewhere.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use lapin::BasicProperties;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use outbox_core::{Envelope, HandlerRegistry, Publisher, RetryPolicy, handler};
+use outbox_rabbitmq::{ExchangeType, RabbitConsumer, RabbitPublisher, dlt, properties};
+use outbox_seaorm::relay::Relay;
+use outbox_tests::rabbitmq_uri;
+
+mod rabbit_common;
+use rabbit_common::*;
+
+// ---- 1. saved → relayed → consumed, exactly once, in order per aggregate ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn saved_events_are_relayed_to_rabbitmq_and_applied_once_in_order() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(src) = source_db("rabbit_e2e::relayed_source").await else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::relayed_consumer").await else {
+        return;
+    };
+    let exchange = unique("relayed");
+    let queue = format!("{exchange}.applied");
+    let tap = format!("{exchange}.tap");
+
+    // The consumer declares its queue and bindings, the publisher a tap queue for every key.
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-applied",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(applied_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .build()
+    .await
+    .expect("consumer");
+    assert_eq!(consumer.binding_keys(), ["#.RbItemAdded"]);
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .declare_queue(&tap, ["#"])
+        .build()
+        .await
+        .expect("publisher");
+
+    let outbox = outbox(&src.db);
+    let mut baskets: Vec<basket::Model> = (0..3)
+        .map(|i| new_basket(format!("basket-{i}-{}", uuid::Uuid::now_v7())))
+        .collect();
+    for round in 0..3 {
+        for (i, b) in baskets.iter_mut().enumerate() {
+            add_items(&outbox, b, 1 + (i + round) % 3, 2).await;
+        }
+    }
+    let per_aggregate: BTreeMap<String, i64> =
+        baskets.iter().map(|b| (b.id.clone(), b.items)).collect();
+    let total: i64 = per_aggregate.values().sum();
+
+    let relay = Relay::builder(src.db.clone(), publisher).build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(async move {
+        relay
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    wait_published(&src.db, Duration::from_secs(30)).await;
+
+    // The tap queue holds every message once, with its properties and headers.
+    let (connection, channel) = raw(&uri).await;
+    let got = drain(&channel, &tap, total as usize + 1, Duration::from_secs(3)).await;
+    assert_eq!(got.len(), total as usize, "exactly one message per event");
+    let mut seen = HashSet::new();
+    let mut tapped: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in &got {
+        let p = &m.delivery.properties;
+        let id = header(p, "event_id");
+        assert!(seen.insert(id.to_owned()), "event {id} twice");
+        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some(id));
+        assert_eq!(p.delivery_mode(), &Some(2), "persistent");
+        assert_eq!(
+            p.content_type().as_ref().map(|s| s.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some("RbItemAdded"));
+        assert!(p.timestamp().is_some_and(|t| t > 1_700_000_000));
+        assert_eq!(m.delivery.routing_key.as_str(), "Basket.RbItemAdded");
+        assert_eq!(header(p, "event_name"), "RbItemAdded");
+        assert_eq!(header(p, "event_version"), "2");
+        assert_eq!(header(p, "aggregate_type"), "Basket");
+        assert_eq!(header(p, "cloudEvents:specversion"), "1.0");
+        assert_eq!(header(p, "cloudEvents:id"), id);
+        assert_eq!(header(p, "cloudEvents:type"), "RbItemAdded");
+        assert_eq!(header(p, "cloudEvents:source"), "/outbox/Basket");
+        assert_eq!(header(p, "cloudEvents:subject"), header(p, "aggregate_id"));
+        assert_eq!(header(p, "cloudEvents:time"), header(p, "occurred_at"));
+        assert_eq!(header(p, "cloudEvents:sequence"), header(p, "sequence"));
+        let body: serde_json::Value = serde_json::from_slice(&m.delivery.data).expect("JSON");
+        assert_eq!(body["basket"], header(p, "aggregate_id"));
+        tapped
+            .entry(header(p, "aggregate_id").to_owned())
+            .or_default()
+            .push(header(p, "sequence").parse().expect("sequence"));
+    }
+    assert_in_order(&tapped, &per_aggregate);
+    let _ = connection.close(200, "done".into()).await;
+
+    let stats = consume_until(
+        &consumer,
+        &dst.db,
+        "SELECT COUNT(*) FROM effects",
+        total,
+        Duration::from_secs(30),
+    )
+    .await;
+    assert_eq!(stats.messages, total as u64, "{stats:?}");
+    assert_eq!(stats.applied, total as u64, "{stats:?}");
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(
+        count(&dst.db, "SELECT COUNT(DISTINCT event_id) FROM effects").await,
+        total
+    );
+    assert_eq!(
+        count(&dst.db, "SELECT COUNT(*) FROM outbox_inbox").await,
+        total
+    );
+    assert_in_order(&applied_order(&dst.db).await, &per_aggregate);
+
+    let _ = stop.send(());
+    let relay_stats = relay_task.await.expect("relay task").expect("relay");
+    assert_eq!(relay_stats.published(), total as u64);
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &tap, &dlq],
+    )
+    .await;
+}
+
+// ---- 3. a duplicate is applied once ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_published_twice_is_applied_once() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::duplicate_consumer").await else {
+        return;
+    };
+    let exchange = unique("duplicate");
+    let queue = format!("{exchange}.applied");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-applied",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(applied_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let envelope = Envelope::builder("RbItemAdded", "Basket", "b-dup")
+        .sequence(1)
+        .payload(r#"{"basket":"b-dup","n":1}"#)
+        .build();
+    for _ in 0..2 {
+        let results = publisher.publish(std::slice::from_ref(&envelope)).await;
+        assert!(results[0].is_ok(), "{results:?}");
+    }
+    let stats = consume_until(
+        &consumer,
+        &dst.db,
+        "SELECT COUNT(*) FROM outbox_inbox",
+        1,
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(stats.messages, 2, "{stats:?}");
+    assert_eq!(stats.applied, 1, "{stats:?}");
+    assert_eq!(stats.duplicates, 1, "{stats:?}");
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, 1);
+    publisher.close().await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}
+
+// ---- 4. malformed messages are dead-lettered at once, with their reason ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_malformed_kind_is_dead_lettered_with_its_reason() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::malformed_consumer").await else {
+        return;
+    };
+    let exchange = unique("malformed");
+    let queue = format!("{exchange}.applied");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-applied",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(applied_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .build()
+    .await
+    .expect("consumer");
+
+    let good = Envelope::builder("RbItemAdded", "Basket", "b-1")
+        .sequence(1)
+        .payload(r#"{"basket":"b-1","n":1}"#)
+        .build();
+    let valid = properties::encode(&good, "/test");
+    let with_header = |key: &str, value: AMQPValue| {
+        let mut headers = valid.headers().clone().expect("headers");
+        headers.insert(key.into(), value);
+        valid.clone().with_headers(headers)
+    };
+    let without_header = |key: &str| {
+        let kept: BTreeMap<ShortString, AMQPValue> = valid
+            .headers()
+            .as_ref()
+            .expect("headers")
+            .inner()
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        valid.clone().with_headers(FieldTable::from(kept))
+    };
+    let text = |v: &str| AMQPValue::LongString(LongString::from(v));
+    let good_body = br#"{"basket":"b-1","n":1}"#.as_slice();
+    let cases: Vec<(&str, BasicProperties, &[u8])> = vec![
+        ("malformed:no-payload", valid.clone(), b"".as_slice()),
+        (
+            "malformed:not-json",
+            valid.clone(),
+            b"\x00garbage".as_slice(),
+        ),
+        (
+            "malformed:missing-header",
+            BasicProperties::default(),
+            good_body,
+        ),
+        (
+            "malformed:missing-header",
+            without_header("aggregate_type"),
+            good_body,
+        ),
+        (
+            "malformed:invalid-header",
+            with_header("event_id", text("not-a-uuid")),
+            good_body,
+        ),
+        (
+            "malformed:invalid-header",
+            with_header("sequence", AMQPValue::LongLongInt(1)),
+            good_body,
+        ),
+        (
+            "malformed:invalid-header",
+            valid.clone().with_content_type("text/plain".into()),
+            good_body,
+        ),
+        (
+            "malformed:invalid-header",
+            valid
+                .clone()
+                .with_message_id(uuid::Uuid::now_v7().to_string().into()),
+            good_body,
+        ),
+        (
+            "malformed:unknown-event",
+            with_header("event_name", text("NobodyKnowsThis")),
+            good_body,
+        ),
+    ];
+    let (connection, channel) = raw(&uri).await;
+    for (_, props, body) in &cases {
+        channel
+            .basic_publish(
+                exchange.as_str().into(),
+                "Basket.RbItemAdded".into(),
+                BasicPublishOptions::default(),
+                body,
+                props.clone(),
+            )
+            .await
+            .expect("publish");
+    }
+    let stats = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run_until(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let dlq = channel
+                    .queue_declare(
+                        consumer.dead_letter_queue().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("dlq");
+                if dlq.message_count() as usize >= cases.len() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("consumer ran");
+    assert_eq!(stats.dead_lettered, cases.len() as u64, "{stats:?}");
+    assert_eq!(stats.applied, 0, "{stats:?}");
+    let letters = drain(
+        &channel,
+        consumer.dead_letter_queue(),
+        cases.len(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(letters.len(), cases.len());
+    for ((reason, _, body), letter) in cases.iter().zip(&letters) {
+        let p = &letter.delivery.properties;
+        assert_eq!(header(p, dlt::REASON), *reason);
+        assert_eq!(header(p, dlt::ATTEMPTS), "0");
+        assert_eq!(header(p, dlt::GROUP), "rb-applied");
+        assert_eq!(header(p, dlt::ORIGINAL_TOPIC), exchange);
+        assert_eq!(header(p, dlt::ORIGINAL_QUEUE), queue);
+        assert_eq!(header(p, dlt::ORIGINAL_ROUTING_KEY), "Basket.RbItemAdded");
+        assert!(!header(p, dlt::ERROR).is_empty());
+        assert_eq!(letter.delivery.data.as_slice(), *body, "the body is kept");
+    }
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, 0);
+    let _ = connection.close(200, "done".into()).await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}
+
+// ---- 5. a failing handler is retried, then dead-lettered ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_is_retried_then_dead_lettered() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::failing_consumer").await else {
+        return;
+    };
+    let exchange = unique("failing");
+    let queue = format!("{exchange}.failing");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-failing",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(failing_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .retry(
+        RetryPolicy::default()
+            .with_max_attempts(3)
+            .with_initial_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(100)),
+    )
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let envelope = Envelope::builder("RbItemAdded", "Basket", "b-fail")
+        .sequence(1)
+        .payload(r#"{"basket":"b-fail","n":1}"#)
+        .build();
+    assert!(publisher.publish(std::slice::from_ref(&envelope)).await[0].is_ok());
+
+    let (connection, channel) = raw(&uri).await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(30),
+        consumer.run_until(async {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let q = channel
+                    .queue_declare(
+                        dlq.as_str().into(),
+                        QueueDeclareOptions {
+                            passive: true,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("dlq");
+                if q.message_count() >= 1 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("consumer ran");
+    assert_eq!(stats.retries, 2, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(stats.applied, 0, "{stats:?}");
+    let letters = drain(&channel, &dlq, 1, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 1);
+    let p = &letters[0].delivery.properties;
+    assert_eq!(header(p, dlt::REASON), "handler-failed");
+    assert_eq!(header(p, dlt::ATTEMPTS), "3");
+    assert!(header(p, dlt::HANDLER).ends_with("failing_item"));
+    assert!(header(p, dlt::ERROR).contains("downstream said no"));
+    assert_eq!(header(p, "event_id"), envelope.id().to_string());
+    // The handler's writes rolled back with each attempt.
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, 0);
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM outbox_inbox").await, 0);
+    let _ = connection.close(200, "done".into()).await;
+    publisher.close().await;
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}
+
+// ---- 6. an unroutable event is a retryable error ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unroutable_event_fails_as_retryable_and_holds_back_its_aggregate() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let exchange = unique("unroutable");
+    let queue = format!("{exchange}.only-a");
+    // Only aggregate type A is bound.
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .declare_queue(&queue, ["A.#"])
+        .build()
+        .await
+        .expect("publisher");
+    let batch = [
+        Envelope::builder("Made", "B", "b-1")
+            .sequence(1)
+            .payload("{}")
+            .build(),
+        Envelope::builder("Made", "A", "a-1")
+            .sequence(1)
+            .payload("{}")
+            .build(),
+        Envelope::builder("Made", "B", "b-1")
+            .sequence(2)
+            .payload("{}")
+            .build(),
+    ];
+    let results = publisher.publish(&batch).await;
+    let first = results[0].as_ref().expect_err("no queue for B");
+    assert!(first.is_retryable(), "{first:?}");
+    assert!(
+        outbox_core::error_chain(first).contains("no queue bound"),
+        "{}",
+        outbox_core::error_chain(first)
+    );
+    assert!(results[1].is_ok(), "{results:?}");
+    // The second event of b-1 was handed over before the return came back: it fails too (also
+    // unroutable), never Ok.
+    assert!(results[2].is_err(), "{results:?}");
+    publisher.close().await;
+    delete_all(&uri, &[&exchange], &[&queue]).await;
+}
+
+// ---- 7. a consistent-hash exchange keeps each aggregate on one queue, in order ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_hash_exchange_keeps_each_aggregate_in_one_queue_in_order() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    // Needs the plugin scripts/services.sh enables (rabbitmq_consistent_hash_exchange).
+    let exchange = unique("hash");
+    let queues = [format!("{exchange}.q0"), format!("{exchange}.q1")];
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .exchange_type(ExchangeType::ConsistentHashOnAggregateId)
+        .declare_queue(&queues[0], ["1"])
+        .declare_queue(&queues[1], ["1"])
+        .build()
+        .await
+        .expect("publisher (is rabbitmq_consistent_hash_exchange enabled? scripts/services.sh)");
+    let aggregates = 40;
+    let per_aggregate = 5;
+    let batch: Vec<Envelope> = (1..=per_aggregate)
+        .flat_map(|seq| {
+            (0..aggregates).map(move |a| {
+                Envelope::builder("Made", "Thing", format!("thing-{a}"))
+                    .sequence(seq)
+                    .payload("{}")
+                    .build()
+            })
+        })
+        .collect();
+    let results = publisher.publish(&batch).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let (connection, channel) = raw(&uri).await;
+    let mut home: BTreeMap<String, usize> = BTreeMap::new();
+    let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut per_queue = [0usize; 2];
+    for (q, queue) in queues.iter().enumerate() {
+        let got = drain(&channel, queue, batch.len(), Duration::from_secs(2)).await;
+        per_queue[q] = got.len();
+        for m in got {
+            let p = &m.delivery.properties;
+            let aggregate = header(p, "aggregate_id").to_owned();
+            let first = *home.entry(aggregate.clone()).or_insert(q);
+            assert_eq!(first, q, "{aggregate} went to both queues");
+            order
+                .entry(aggregate)
+                .or_default()
+                .push(header(p, "sequence").parse().expect("sequence"));
+        }
+    }
+    assert_eq!(
+        per_queue.iter().sum::<usize>(),
+        batch.len(),
+        "{per_queue:?}"
+    );
+    assert!(
+        per_queue.iter().all(|n| *n > 0),
+        "both queues get aggregates: {per_queue:?}"
+    );
+    assert_eq!(order.len(), aggregates);
+    for (aggregate, sequences) in &order {
+        assert_eq!(
+            sequences,
+            &(1..=per_aggregate).collect::<Vec<_>>(),
+            "order of {aggregate}"
+        );
+    }
+    let _ = connection.close(200, "done".into()).await;
+    publisher.close().await;
+    let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
+    delete_all(&uri, &[&exchange], &queues).await;
+}
