@@ -1,0 +1,149 @@
+//! The partitions this member owns, each with its assignment generation and offset tracker,
+//! kept up to date by the rebalance callbacks.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use super::offsets::OffsetTracker;
+
+/// A (topic, partition).
+pub(crate) type Tp = (String, i32);
+
+/// One owned partition.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    /// Tells this assignment from an earlier or later one of the same partition: a result of
+    /// another generation is never committed.
+    pub(crate) generation: u64,
+    pub(crate) tracker: OffsetTracker,
+    /// Fired when the partition is revoked (or at shutdown): its runs stop at their next wait.
+    pub(crate) cancel: CancellationToken,
+}
+
+/// The partitions owned, and those revoked since the dispatcher last looked.
+#[derive(Debug, Default)]
+pub(crate) struct Assignment {
+    pub(crate) owned: HashMap<Tp, Owned>,
+    next_generation: u64,
+    pub(crate) revoked: Vec<Tp>,
+    /// Set when partitions were assigned: they start unpaused.
+    pub(crate) assigned: bool,
+}
+
+impl Assignment {
+    /// The commit points that moved, as a list ready to commit.
+    pub(crate) fn take_commits(&mut self, only: Option<&[Tp]>, group: &str) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (tp, owned) in &mut self.owned {
+            if only.is_some_and(|only| !only.contains(tp)) {
+                continue;
+            }
+            if let Some(next) = owned.tracker.take_commit()
+                && let Err(error) = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(next))
+            {
+                tracing::warn!(group, error = %error, "offset commit skipped");
+            }
+        }
+        tpl
+    }
+
+    /// Messages received and not done on the owned partitions.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.owned.values().map(|o| o.tracker.in_flight()).sum()
+    }
+}
+
+pub(crate) struct GroupContext {
+    pub(crate) group: String,
+    pub(crate) assignment: Mutex<Assignment>,
+    /// Parent of every partition's token: fired at shutdown.
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl GroupContext {
+    pub(crate) fn new(group: String) -> GroupContext {
+        GroupContext {
+            group,
+            assignment: Mutex::new(Assignment::default()),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn assignment(&self) -> MutexGuard<'_, Assignment> {
+        self.assignment
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits the commit points that moved (of all owned partitions, or of `only`). `mode`
+    /// `Sync` blocks the calling thread until the broker answers: call it that way only off
+    /// the async runtime's workers.
+    pub(crate) fn commit(
+        &self,
+        consumer: &impl Consumer<Self>,
+        only: Option<&[Tp]>,
+        mode: CommitMode,
+    ) {
+        let tpl = self.assignment().take_commits(only, &self.group);
+        if tpl.count() == 0 {
+            return;
+        }
+        if let Err(error) = consumer.commit(&tpl, mode) {
+            tracing::warn!(group = %self.group, error = %error, "offset commit failed");
+        }
+    }
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        tracing::info!(group = %self.group, ?rebalance, "rebalance");
+        // Hand revoked partitions over with everything done on them committed, so the next
+        // owner starts right after it. Their runs still in flight are abandoned: told to stop
+        // at their next wait, and what they finish is never committed here (their generation
+        // is gone); the next owner applies those messages again, and the inbox skips what was
+        // applied. This callback runs inside `recv`, on a runtime worker: the commit is
+        // asynchronous, and librdkafka finishes the rebalance only once its outstanding
+        // commits are answered.
+        if let Rebalance::Revoke(revoked) = rebalance {
+            let tps: Vec<Tp> = revoked
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            self.commit(consumer, Some(&tps), CommitMode::Async);
+            let mut assignment = self.assignment();
+            for tp in tps {
+                if let Some(owned) = assignment.owned.remove(&tp) {
+                    owned.cancel.cancel();
+                }
+                assignment.revoked.push(tp);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(assigned) = rebalance {
+            let mut assignment = self.assignment();
+            for e in assigned.elements() {
+                let tp = (e.topic().to_owned(), e.partition());
+                if assignment.owned.contains_key(&tp) {
+                    continue;
+                }
+                assignment.next_generation += 1;
+                let owned = Owned {
+                    generation: assignment.next_generation,
+                    tracker: OffsetTracker::default(),
+                    cancel: self.shutdown.child_token(),
+                };
+                assignment.owned.insert(tp, owned);
+            }
+            assignment.assigned = true;
+        }
+    }
+}
