@@ -3,7 +3,7 @@
 //! applied exactly once and in order per key, on librdkafka's mock cluster and on tansu. A
 //! poisoned key goes to the dead-letter topic while the other keys go on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,8 +12,8 @@ use outbox_core::{
     DomainEvent, Envelope, EventContext, HandlerError, HandlerRegistry, Publisher, RetryPolicy,
     event_handler, handler,
 };
-use outbox_kafka::{ConsumerStats, KafkaConfig, KafkaConsumer, KafkaPublisher, dlt};
 use outbox_kafka::provision_topics;
+use outbox_kafka::{ConsumerStats, KafkaConfig, KafkaConsumer, KafkaPublisher, dlt};
 use outbox_seaorm::TransactionExt;
 use outbox_tests::reader::read_topic_async;
 use outbox_tests::{Backend, TestDb, fresh, kafka_brokers};
@@ -59,7 +59,7 @@ async fn book_seat(event: &SeatBooked, ctx: &EventContext) -> Result<(), Handler
 /// What the poison test's handler saw.
 struct Seen {
     /// Keys whose handler is running now.
-    running: Mutex<HashSet<String>>,
+    running: Mutex<BTreeSet<String>>,
     /// A key's handler started while another of the same key ran.
     overlap: AtomicBool,
     now: AtomicUsize,
@@ -71,7 +71,7 @@ struct Seen {
 }
 
 static SEEN: Seen = Seen {
-    running: Mutex::new(HashSet::new()),
+    running: Mutex::new(BTreeSet::new()),
     overlap: AtomicBool::new(false),
     now: AtomicUsize::new(0),
     most: AtomicUsize::new(0),
@@ -361,11 +361,17 @@ async fn a_poisoned_key_is_dead_lettered_while_the_other_keys_go_on() {
     wait_for(&t.db, total - 1, Duration::from_secs(60)).await;
     let _ = stop.send(());
     let stats = task.await.expect("consumer task");
-    eprintln!("{stats:?}, most keys at once: {}", SEEN.most.load(Ordering::SeqCst));
+    eprintln!(
+        "{stats:?}, most keys at once: {}",
+        SEEN.most.load(Ordering::SeqCst)
+    );
 
     assert_eq!(stats.dead_lettered, 1, "{stats:?}");
     assert_eq!(stats.retries, 3, "{stats:?}");
-    assert_eq!(count(&t.db, "SELECT COUNT(*) FROM effects").await, total - 1);
+    assert_eq!(
+        count(&t.db, "SELECT COUNT(*) FROM effects").await,
+        total - 1
+    );
     assert_eq!(
         count(
             &t.db,
@@ -389,8 +395,10 @@ async fn a_poisoned_key_is_dead_lettered_while_the_other_keys_go_on() {
     );
     // While the poisoned message was retried, other keys were applied.
     let attempts = SEEN.poison_attempts.lock().expect("lock").clone();
-    assert_eq!(attempts.len(), 4);
-    let (first, last) = (attempts[0], attempts[3]);
+    // 4 attempts on its own, after one in a batch with the key's next event when they came
+    // together.
+    assert!((4..=5).contains(&attempts.len()), "{}", attempts.len());
+    let (first, last) = (attempts[0], attempts[attempts.len() - 1]);
     let meanwhile = SEEN
         .others
         .lock()
@@ -415,6 +423,10 @@ async fn a_poisoned_key_is_dead_lettered_while_the_other_keys_go_on() {
     assert_eq!(letter.header(dlt::ATTEMPTS), "4");
     assert_eq!(letter.header(dlt::ORIGINAL_TOPIC), topic);
     assert_eq!(letter.header(dlt::GROUP), POISON_GROUP);
-    assert!(letter.header(dlt::ERROR).contains("the seat map is corrupt"));
+    assert!(
+        letter
+            .header(dlt::ERROR)
+            .contains("the seat map is corrupt")
+    );
     assert_eq!(letter.header("event_id"), poisoned.id().to_string());
 }

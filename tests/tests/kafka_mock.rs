@@ -387,7 +387,11 @@ async fn consumer_dedupes_retries_and_dead_letters() {
     .expect("consumer ran");
     let mut dead = watcher.await.expect("watcher");
     // Keys are applied concurrently: dead letters of different keys may come in any order.
-    dead.sort_by_key(|m| m.headers[dlt::ORIGINAL_OFFSET].parse::<i64>().expect("offset"));
+    dead.sort_by_key(|m| {
+        m.headers[dlt::ORIGINAL_OFFSET]
+            .parse::<i64>()
+            .expect("offset")
+    });
 
     assert_eq!(stats.messages, 8, "{stats:?}");
     assert_eq!(stats.ignored, 1, "{stats:?}");

@@ -104,6 +104,7 @@ impl KeyQueues {
     }
 
     /// Whether no key has queued messages.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.queues.values().all(|q| q.messages.is_empty())
     }
@@ -136,7 +137,9 @@ mod tests {
     }
 
     fn offsets(run: &[Queued]) -> Vec<i64> {
-        run.iter().map(|q| rdkafka::Message::offset(&q.message)).collect()
+        run.iter()
+            .map(|q| rdkafka::Message::offset(&q.message))
+            .collect()
     }
 
     #[test]

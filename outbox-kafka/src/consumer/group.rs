@@ -35,6 +35,48 @@ pub(crate) struct Assignment {
 }
 
 impl Assignment {
+    /// Takes ownership of `tps` not owned yet, each in a new generation whose runs `parent`
+    /// cancels too.
+    pub(crate) fn assign(&mut self, tps: Vec<Tp>, parent: &CancellationToken) {
+        for tp in tps {
+            if self.owned.contains_key(&tp) {
+                continue;
+            }
+            self.next_generation += 1;
+            let owned = Owned {
+                generation: self.next_generation,
+                tracker: OffsetTracker::default(),
+                cancel: parent.child_token(),
+            };
+            self.owned.insert(tp, owned);
+        }
+        self.assigned = true;
+    }
+
+    /// Gives `tps` up: their runs are told to stop, and what they report later is ignored.
+    pub(crate) fn revoke(&mut self, tps: Vec<Tp>) {
+        for tp in tps {
+            if let Some(owned) = self.owned.remove(&tp) {
+                owned.cancel.cancel();
+            }
+            self.revoked.push(tp);
+        }
+    }
+
+    /// Records that a run of generation `generation` finished the messages at `offsets` of `tp`;
+    /// false (nothing recorded) when `tp` is no longer owned in that generation.
+    pub(crate) fn complete(&mut self, tp: &Tp, generation: u64, offsets: &[i64]) -> bool {
+        match self.owned.get_mut(tp) {
+            Some(owned) if owned.generation == generation => {
+                for offset in offsets {
+                    owned.tracker.done(*offset);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The commit points that moved, as a list ready to commit.
     pub(crate) fn take_commits(&mut self, only: Option<&[Tp]>, group: &str) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
@@ -117,33 +159,81 @@ impl ConsumerContext for GroupContext {
                 .map(|e| (e.topic().to_owned(), e.partition()))
                 .collect();
             self.commit(consumer, Some(&tps), CommitMode::Async);
-            let mut assignment = self.assignment();
-            for tp in tps {
-                if let Some(owned) = assignment.owned.remove(&tp) {
-                    owned.cancel.cancel();
-                }
-                assignment.revoked.push(tp);
-            }
+            self.assignment().revoke(tps);
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(assigned) = rebalance {
-            let mut assignment = self.assignment();
-            for e in assigned.elements() {
-                let tp = (e.topic().to_owned(), e.partition());
-                if assignment.owned.contains_key(&tp) {
-                    continue;
-                }
-                assignment.next_generation += 1;
-                let owned = Owned {
-                    generation: assignment.next_generation,
-                    tracker: OffsetTracker::default(),
-                    cancel: self.shutdown.child_token(),
-                };
-                assignment.owned.insert(tp, owned);
-            }
-            assignment.assigned = true;
+            let tps: Vec<Tp> = assigned
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            self.assignment().assign(tps, &self.shutdown);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_util::sync::CancellationToken;
+
+    use super::{Assignment, Tp};
+
+    fn tp(partition: i32) -> Tp {
+        ("t".to_owned(), partition)
+    }
+
+    fn received(a: &mut Assignment, tp: &Tp, offsets: &[i64]) -> u64 {
+        let owned = a.owned.get_mut(tp).expect("owned");
+        for o in offsets {
+            owned.tracker.received(*o);
+        }
+        owned.generation
+    }
+
+    #[test]
+    fn a_result_of_a_revoked_assignment_is_never_committed() {
+        let shutdown = CancellationToken::new();
+        let mut a = Assignment::default();
+        a.assign(vec![tp(0), tp(1)], &shutdown);
+        let old = received(&mut a, &tp(0), &[5, 6, 7]);
+        let old_cancel = a.owned[&tp(0)].cancel.clone();
+        assert!(a.complete(&tp(0), old, &[5]));
+        a.revoke(vec![tp(0)]);
+        assert!(old_cancel.is_cancelled(), "its runs are told to stop");
+        assert!(!a.owned[&tp(1)].cancel.is_cancelled(), "the others go on");
+        assert_eq!(a.revoked, [tp(0)]);
+        // Assigned again: a new generation, read again from the committed offset 6.
+        a.assign(vec![tp(0)], &shutdown);
+        let new = received(&mut a, &tp(0), &[6, 7]);
+        assert_ne!(old, new);
+        assert!(
+            !a.complete(&tp(0), old, &[6, 7]),
+            "late result of the old assignment"
+        );
+        assert_eq!(a.owned[&tp(0)].tracker.commit_point(), Some(6));
+        assert_eq!(
+            a.take_commits(None, "g").count(),
+            0,
+            "nothing done in this one"
+        );
+        assert!(a.complete(&tp(0), new, &[7]));
+        assert_eq!(a.take_commits(None, "g").count(), 0, "6 is not done");
+        assert!(a.complete(&tp(0), new, &[6]));
+        let commits = a.take_commits(None, "g");
+        let element = commits.find_partition("t", 0).expect("committed");
+        assert_eq!(element.offset(), rdkafka::Offset::Offset(8));
+        assert_eq!(a.in_flight(), 0);
+    }
+
+    #[test]
+    fn shutdown_cancels_every_partitions_runs() {
+        let shutdown = CancellationToken::new();
+        let mut a = Assignment::default();
+        a.assign(vec![tp(0), tp(1)], &shutdown);
+        shutdown.cancel();
+        assert!(a.owned.values().all(|o| o.cancel.is_cancelled()));
     }
 }

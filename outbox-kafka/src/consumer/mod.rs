@@ -30,8 +30,8 @@ use crate::admin::provision_topics;
 use crate::config::KafkaConfig;
 use crate::error::SetupError;
 
-pub use dead_letter::dlt;
 use dead_letter::DeadLetters;
+pub use dead_letter::dlt;
 use dispatch::{KeyId, KeyQueues, Queued};
 use group::GroupContext;
 use worker::Worker;
@@ -538,15 +538,11 @@ impl KafkaConsumer {
         };
         if let Some(done) = result {
             stats.add(&done.stats);
+            let tp = (id.topic.clone(), id.partition);
             let mut assignment = self.consumer.context().assignment();
-            match assignment.owned.get_mut(&(id.topic.clone(), id.partition)) {
-                Some(owned) if owned.generation == done.generation => {
-                    for offset in done.done {
-                        owned.tracker.done(offset);
-                    }
-                }
-                _ => tracing::debug!(group = %self.group(), topic = %id.topic, partition = id.partition,
-                    "result of a revoked partition; not committed"),
+            if !assignment.complete(&tp, done.generation, &done.done) {
+                tracing::debug!(group = %self.group(), topic = %id.topic, partition = id.partition,
+                    "result of a revoked partition; not committed");
             }
         }
         queues.finished(&id);

@@ -15,13 +15,16 @@ pub(crate) struct OffsetTracker {
     pending: BTreeSet<i64>,
     /// One past the newest offset received.
     received_next: Option<i64>,
-    /// The last commit point handed out by [`OffsetTracker::take_commit`].
+    /// The last commit point handed out by [`OffsetTracker::take_commit`], at first the
+    /// offset of the first message received (where the partition was read from: nothing to
+    /// commit until a message is done).
     committed: Option<i64>,
 }
 
 impl OffsetTracker {
     /// Records a message received at `offset`, not done yet.
     pub(crate) fn received(&mut self, offset: i64) {
+        self.committed.get_or_insert(offset);
         self.pending.insert(offset);
         self.received_next = Some(self.received_next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
@@ -99,8 +102,11 @@ mod tests {
         let mut t = OffsetTracker::default();
         t.received(0);
         t.received(1);
-        assert_eq!(t.take_commit(), Some(0));
-        assert_eq!(t.take_commit(), None, "no advance");
+        assert_eq!(
+            t.take_commit(),
+            None,
+            "nothing done: where it was read from"
+        );
         t.done(1);
         assert_eq!(t.take_commit(), None, "0 still holds it");
         t.done(0);
@@ -140,7 +146,10 @@ mod tests {
                 done.push(o);
                 let point = t.commit_point().expect("received");
                 for &u in offsets.iter().filter(|u| !done.contains(u)) {
-                    assert!(point <= u, "{order:?}: commit point {point} past unfinished {u}");
+                    assert!(
+                        point <= u,
+                        "{order:?}: commit point {point} past unfinished {u}"
+                    );
                 }
                 let prefix = offsets.iter().take_while(|u| done.contains(u)).count() as i64;
                 assert_eq!(point, 100 + prefix, "{order:?}");
