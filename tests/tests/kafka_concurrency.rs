@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use outbox_core::{
-    DomainEvent, Envelope, EventContext, HandlerError, HandlerRegistry, Publisher, RetryPolicy,
-    event_handler, handler,
+    BoxFuture, DomainEvent, Envelope, EventContext, Handler, HandlerError, HandlerRegistry,
+    Publisher, RetryPolicy, event_handler, handler,
 };
 use outbox_kafka::provision_topics;
 use outbox_kafka::{ConsumerStats, KafkaConfig, KafkaConsumer, KafkaPublisher, dlt};
@@ -24,7 +24,6 @@ use tokio::sync::oneshot;
 
 const PARTITIONS: i32 = 6;
 const KEYS: usize = 200;
-const GROUP: &str = "concurrency-group";
 const POISON_GROUP: &str = "concurrency-poison-group";
 
 /// A seat was booked; `n` is its sequence within the flight (the message key).
@@ -50,10 +49,30 @@ async fn record(ctx: &EventContext<'_>, n: i64) -> Result<(), HandlerError> {
 
 /// Records the event in the consumer's transaction after a random delay of 0 to 6 ms (its own
 /// I/O, say).
-#[event_handler(group = "concurrency-group")]
-async fn book_seat(event: &SeatBooked, ctx: &EventContext) -> Result<(), HandlerError> {
-    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=6))).await;
-    record(ctx, event.n).await
+fn book_seat<'a>(
+    envelope: &'a Envelope,
+    ctx: &'a EventContext<'a>,
+) -> BoxFuture<'a, Result<(), HandlerError>> {
+    Box::pin(async move {
+        let event: SeatBooked =
+            serde_json::from_str(envelope.payload()).map_err(HandlerError::permanent)?;
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(0..=6))).await;
+        record(ctx, event.n).await
+    })
+}
+
+/// [`book_seat`] in consumer group `group` (a group of its own per run: a shared broker keeps
+/// the members and offsets of earlier runs).
+fn book_seat_in(group: &str) -> Handler {
+    let group: &'static str = Box::leak(group.to_owned().into_boxed_str());
+    Handler::new(
+        "kafka_concurrency::book_seat",
+        SeatBooked::NAME,
+        1,
+        None,
+        Some(group),
+        book_seat,
+    )
 }
 
 /// What the poison test's handler saw.
@@ -129,7 +148,11 @@ async fn effects_table(db: &DatabaseConnection) {
 async fn wait_for(db: &DatabaseConnection, at_least: i64, within: Duration) {
     let start = Instant::now();
     while count(db, "SELECT COUNT(*) FROM effects").await < at_least {
-        assert!(start.elapsed() < within, "stalled below {at_least}");
+        assert!(
+            start.elapsed() < within,
+            "stalled at {} below {at_least}",
+            count(db, "SELECT COUNT(*) FROM effects").await
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -181,13 +204,13 @@ impl Member {
     }
 }
 
-async fn join(brokers: &str, topic: &str, t: &TestDb) -> Member {
-    let registry = HandlerRegistry::new().with(handler!(book_seat));
+async fn join(brokers: &str, group: &str, topic: &str, t: &TestDb) -> Member {
+    let registry = HandlerRegistry::new().with(book_seat_in(group));
     let db = t.connect_again().await;
     let (stop, stopped) = oneshot::channel::<()>();
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    let (brokers, group, topic) = (brokers.to_owned(), group.to_owned(), topic.to_owned());
     let task = tokio::spawn(async move {
-        let consumer = KafkaConsumer::builder(brokers, GROUP, db, registry)
+        let consumer = KafkaConsumer::builder(brokers, group, db, registry)
             .topics([topic])
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500")
@@ -214,11 +237,14 @@ async fn exactly_once_in_order_while_members_come_and_go(
     brokers: String,
     topic: String,
     rounds: i64,
+    one_message_batches: bool,
 ) {
     effects_table(&t.db).await;
-    let publisher = KafkaPublisher::builder(brokers.clone())
-        .build()
-        .expect("publisher");
+    let mut publisher = KafkaPublisher::builder(brokers.clone());
+    if one_message_batches {
+        publisher = publisher.set("batch.num.messages", "1");
+    }
+    let publisher = publisher.build().expect("publisher");
     let keys: Vec<String> = (0..KEYS).map(|k| format!("flight-{k}")).collect();
     let total = i64::try_from(KEYS).expect("keys") * rounds;
     let injected = 10 * (rounds - 1);
@@ -240,12 +266,13 @@ async fn exactly_once_in_order_while_members_come_and_go(
     };
 
     let within = Duration::from_secs(90);
-    let a = join(&brokers, &topic, &t).await;
+    let group = format!("{topic}-group");
+    let a = join(&brokers, &group, &topic, &t).await;
     wait_for(&t.db, total / 10, within).await;
-    let b = join(&brokers, &topic, &t).await;
+    let b = join(&brokers, &group, &topic, &t).await;
     wait_for(&t.db, total * 4 / 10, within).await;
     let stats_a = a.leave().await;
-    let c = join(&brokers, &topic, &t).await;
+    let c = join(&brokers, &group, &topic, &t).await;
     publishing.await.expect("publisher task");
     wait_for(&t.db, total, within).await;
     // Let redeliveries of uncommitted offsets arrive, if any.
@@ -280,7 +307,7 @@ async fn mock_cluster_applies_every_event_once_in_order_per_key() {
     let topic = "concurrency-seats";
     cluster.create_topic(topic, PARTITIONS, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
-    exactly_once_in_order_while_members_come_and_go(t, brokers, topic.to_owned(), 10).await;
+    exactly_once_in_order_while_members_come_and_go(t, brokers, topic.to_owned(), 10, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -300,7 +327,11 @@ async fn tansu_applies_every_event_once_in_order_per_key() {
     )
     .await
     .expect("provision");
-    exactly_once_in_order_while_members_come_and_go(t, brokers, topic, 6).await;
+    // tansu 0.6 answers a fetch from an offset inside a record batch with the next batch: a
+    // member resuming from a committed offset in the middle of a batch never sees the rest of
+    // it (any consumer, not only this one). One message per batch keeps every committed offset
+    // on a batch boundary.
+    exactly_once_in_order_while_members_come_and_go(t, brokers, topic, 6, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

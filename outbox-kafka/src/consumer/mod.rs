@@ -582,8 +582,8 @@ impl KafkaConsumer {
         } else {
             paused
         };
-        // Newly assigned partitions start unpaused: pause them too.
-        if pause == paused && !(pause && assigned) {
+        // Newly assigned partitions start unpaused: after an assignment, set the state on all.
+        if pause == paused && !(assigned && paused) {
             return paused;
         }
         let partitions = match self.consumer.assignment() {
