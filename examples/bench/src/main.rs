@@ -2,7 +2,7 @@
 //!
 //! Measures, against baselines run in the same process and the same run (interleaved, A B C
 //! A B C ...), the write path, the relay's drain of a backlog into Kafka, delivery latency,
-//! the consumer's inbox dedup, the in-process after-commit dispatch and the relay's peak memory;
+//! the consumer's inbox dedup and its concurrency through Kafka, the in-process after-commit dispatch and the relay's peak memory;
 //! prints the tables and writes them to `BENCHMARKS.md` with the machine they ran on.
 //!
 //! ```text
@@ -12,6 +12,7 @@
 //!     [--out BENCHMARKS.md]
 //! ```
 
+mod concurrency;
 mod consumer;
 mod db;
 mod dispatch;
@@ -132,6 +133,7 @@ async fn run(opts: Opts) -> BoxResult<()> {
         }
         if opts.wants("consumer") {
             consumer::run(&opts, &bench, &mut report).await?;
+            concurrency::run(&opts, &bench, &mut report).await?;
         }
         if opts.wants("dispatch") {
             dispatch::run(&opts, &bench, &mut report).await?;
