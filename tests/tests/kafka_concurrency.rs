@@ -426,9 +426,10 @@ async fn a_poisoned_key_is_dead_lettered_while_the_other_keys_go_on() {
     );
     // While the poisoned message was retried, other keys were applied.
     let attempts = SEEN.poison_attempts.lock().expect("lock").clone();
-    // 4 attempts on its own, after one in a batch with the key's next event when they came
-    // together.
-    assert!((4..=5).contains(&attempts.len()), "{}", attempts.len());
+    // 4 attempts on its own, after up to two in batches: one with other keys (a run of several
+    // keys hands its messages back when its batch fails), one with the key's next event when
+    // they came together.
+    assert!((4..=6).contains(&attempts.len()), "{}", attempts.len());
     let (first, last) = (attempts[0], attempts[attempts.len() - 1]);
     let meanwhile = SEEN
         .others

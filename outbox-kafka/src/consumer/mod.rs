@@ -3,7 +3,8 @@
 //!
 //! One job a file: [`group`] owns the partitions and their offsets across rebalances,
 //! [`offsets`] computes how far a partition may be committed, [`dispatch`] queues messages per
-//! key, [`worker`] applies one key's messages, [`dead_letter`] sends what cannot be applied.
+//! key and forms runs, [`worker`] applies a run's messages, [`dead_letter`] sends what cannot
+//! be applied.
 
 mod dead_letter;
 mod dispatch;
@@ -16,6 +17,8 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use outbox_core::{Handler, HandlerRegistry, RetryPolicy};
 use rdkafka::Message;
@@ -34,7 +37,7 @@ use dead_letter::DeadLetters;
 pub use dead_letter::dlt;
 use dispatch::{KeyId, KeyQueues, Queued};
 use group::GroupContext;
-use worker::Worker;
+use worker::{RunOutcome, Worker};
 
 /// What a consumer did until it stopped.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -91,11 +94,16 @@ impl ConsumerStats {
 /// Messages are applied in offset order per Kafka message key (the publisher's key is the
 /// aggregate id, so per aggregate), and never two messages of one key at once; messages
 /// without a key are applied in order per partition. Different keys, of one partition or
-/// of several, are applied concurrently: up to [`KafkaConsumerBuilder::concurrency`] keys at
+/// of several, are applied concurrently: up to [`KafkaConsumerBuilder::concurrency`] runs at
 /// once (default 8), each in its own inbox transaction, so give the database pool at least
-/// that many connections. A key's messages already received are applied together in one
-/// transaction (up to [`KafkaConsumerBuilder::max_batch`]), falling back to one at a time when
-/// one of them fails. A key whose message is being retried holds back its later messages only;
+/// that many connections. A run takes messages already received: those of one key, and, while
+/// more wait, those of further keys of the same partition, up to
+/// [`KafkaConsumerBuilder::max_batch`] (the messages waiting are spread over the free runs), and
+/// applies them together in one transaction, each key's in offset order. When that transaction
+/// fails, a run of one key applies its messages one at a time (with retries and dead letters);
+/// a run of several keys hands its messages back and each of those keys runs alone, so a
+/// failing message never holds back another key for longer than one failed batch. A key whose
+/// message is being retried holds back its later messages only;
 /// the other keys go on, until [`KafkaConsumerBuilder::max_buffered`] messages are received
 /// and not done: then the consumer pauses its partitions (and keeps polling, so the group
 /// membership and rebalances go on) until half of them are done.
@@ -186,9 +194,9 @@ impl KafkaConsumerBuilder {
         self.retry = policy;
         self
     }
-    /// Messages of one key applied together in one inbox transaction, at most (default 64; 1
-    /// applies each message in its own). A batch takes only consecutive messages of one key
-    /// already received, never waits for more, and is applied with [`Inbox::process_batch`](outbox_seaorm::inbox::Inbox::process_batch): one query, one multi-row inbox
+    /// Messages applied together in one inbox transaction, at most (default 64; 1 applies each
+    /// message in its own). A batch takes consecutive messages of one or more keys of one
+    /// partition already received, never waits for more, and is applied with [`Inbox::process_batch`](outbox_seaorm::inbox::Inbox::process_batch): one query, one multi-row inbox
     /// insert, the handlers in order, one commit. If anything in it fails, or a message of it
     /// cannot be decoded, its messages are processed one at a time instead, with the retries and
     /// dead letters described on [`KafkaConsumer`].
@@ -196,8 +204,9 @@ impl KafkaConsumerBuilder {
         self.max_batch = messages.clamp(1, MAX_BATCH);
         self
     }
-    /// Keys applied at once, at most (default [`KafkaConsumerBuilder::DEFAULT_CONCURRENCY`];
-    /// 1 applies one key's messages at a time, across all partitions). Each runs its own inbox
+    /// Runs (inbox transactions) in flight at once, at most (default
+    /// [`KafkaConsumerBuilder::DEFAULT_CONCURRENCY`]; 1 applies one run at a time, across all
+    /// partitions). Each runs its own inbox
     /// transaction: keep it at most the database pool's size. Messages of one key are never
     /// applied concurrently, whatever this is (see [`KafkaConsumer`]).
     pub fn concurrency(mut self, keys: usize) -> Self {
@@ -341,14 +350,16 @@ const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 struct RunDone {
     generation: u64,
     done: Vec<i64>,
+    /// Messages handed back unapplied (see [`RunOutcome::HandedBack`]).
+    back: Vec<OwnedMessage>,
     stats: ConsumerStats,
 }
 
-/// The runs in flight, and the key each one applies.
+/// The runs in flight, and the keys each one applies.
 #[derive(Default)]
 struct Runs {
     tasks: JoinSet<RunDone>,
-    keys: HashMap<Id, KeyId>,
+    keys: HashMap<Id, Vec<KeyId>>,
 }
 
 impl KafkaConsumer {
@@ -423,7 +434,23 @@ impl KafkaConsumer {
                     context.commit(&*self.consumer, None, CommitMode::Async);
                 }
                 received = self.consumer.recv() => match received {
-                    Ok(message) => self.receive(message.detach(), &mut queues, &mut stats),
+                    Ok(message) => {
+                        self.receive(message.detach(), &mut queues, &mut stats);
+                        // What else is here already joins the queues before runs start, so
+                        // runs take several messages (never waits for more).
+                        for _ in 1..self.max_batch {
+                            match self.consumer.recv().now_or_never() {
+                                Some(Ok(message)) => {
+                                    self.receive(message.detach(), &mut queues, &mut stats);
+                                }
+                                Some(Err(error)) => {
+                                    tracing::warn!(group = %self.group(), error = %error, "receive failed");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                    }
                     Err(error) => {
                         tracing::warn!(group = %self.group(), error = %error, "receive failed");
                         tokio::select! {
@@ -476,25 +503,38 @@ impl KafkaConsumer {
         );
     }
 
-    /// Starts runs of the keys ready, up to the concurrency.
+    /// Starts runs of the keys ready, up to the concurrency. A run takes the messages waiting
+    /// spread over all run slots, at most [`KafkaConsumerBuilder::max_batch`]: slow handlers
+    /// stay parallel, fast ones get batches.
     fn start_runs(&self, queues: &mut KeyQueues, runs: &mut Runs) {
         while runs.tasks.len() < self.concurrency {
-            let Some((id, messages)) = queues.next_run(self.max_batch) else {
+            let size = queues
+                .queued()
+                .div_ceil(self.concurrency)
+                .clamp(1, self.max_batch);
+            let Some(run) = queues.next_run(size) else {
                 return;
+            };
+            let Some(first) = run.keys.first() else {
+                continue;
             };
             let current = {
                 let assignment = self.consumer.context().assignment();
                 assignment
                     .owned
-                    .get(&(id.topic.clone(), id.partition))
+                    .get(&(first.topic.clone(), first.partition))
                     .map(|o| (o.generation, o.cancel.clone()))
             };
             let Some((generation, cancel)) = current else {
                 // Revoked since: the next owner applies them.
-                queues.finished(&id);
+                for id in &run.keys {
+                    queues.finished(id);
+                }
                 continue;
             };
-            let messages: Vec<OwnedMessage> = messages
+            let several_keys = run.keys.len() > 1;
+            let messages: Vec<OwnedMessage> = run
+                .messages
                 .into_iter()
                 .filter(|q| q.generation == generation)
                 .map(|q| q.message)
@@ -503,19 +543,26 @@ impl KafkaConsumer {
             let task = runs.tasks.spawn(async move {
                 let mut stats = ConsumerStats::default();
                 let refs: Vec<&OwnedMessage> = messages.iter().collect();
-                let done = worker.run(&refs, &cancel, &mut stats).await;
+                let outcome = worker.run(&refs, several_keys, &cancel, &mut stats).await;
+                drop(refs);
+                let (done, back) = match outcome {
+                    RunOutcome::Done(done) => (done, Vec::new()),
+                    RunOutcome::HandedBack => (Vec::new(), messages),
+                };
                 RunDone {
                     generation,
                     done,
+                    back,
                     stats,
                 }
             });
-            runs.keys.insert(task.id(), id);
+            runs.keys.insert(task.id(), run.keys);
         }
     }
 
     /// Takes a run's result: its offsets count as done if its partition is still owned in the
-    /// same generation, and its key's next messages may run.
+    /// same generation, messages it handed back are queued again, and its keys' next messages
+    /// may run.
     fn finish_run(
         &self,
         joined: Result<(Id, RunDone), JoinError>,
@@ -533,19 +580,32 @@ impl KafkaConsumer {
                 (error.id(), None)
             }
         };
-        let Some(id) = runs.keys.remove(&task) else {
+        let Some(keys) = runs.keys.remove(&task) else {
             return;
         };
-        if let Some(done) = result {
+        if let (Some(done), Some(first)) = (result, keys.first()) {
             stats.add(&done.stats);
-            let tp = (id.topic.clone(), id.partition);
+            let tp = (first.topic.clone(), first.partition);
             let mut assignment = self.consumer.context().assignment();
             if !assignment.complete(&tp, done.generation, &done.done) {
-                tracing::debug!(group = %self.group(), topic = %id.topic, partition = id.partition,
+                tracing::debug!(group = %self.group(), topic = %first.topic, partition = first.partition,
                     "result of a revoked partition; not committed");
             }
+            drop(assignment);
+            let generation = done.generation;
+            queues.give_back(
+                done.back
+                    .into_iter()
+                    .map(|message| Queued {
+                        message,
+                        generation,
+                    })
+                    .collect(),
+            );
         }
-        queues.finished(&id);
+        for id in &keys {
+            queues.finished(id);
+        }
     }
 
     /// Drops the queued messages of partitions revoked since the last look.

@@ -31,6 +31,14 @@ enum Route<'a> {
     Unknown,
 }
 
+/// What a run did with its messages.
+pub(crate) enum RunOutcome {
+    /// The offsets done, in order (all of them unless it was cancelled).
+    Done(Vec<i64>),
+    /// Nothing applied: the batch of several keys failed, and each key goes again alone.
+    HandedBack,
+}
+
 enum Outcome {
     Done,
     DeadLetter(DeadLetter),
@@ -38,18 +46,24 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Applies `messages` (consecutive messages of one key, in offset order) and returns the
-    /// offsets done. Several are tried together in one inbox transaction first; otherwise, or
-    /// when that fails, one at a time. Stops at the first message not done: `cancel` fired
-    /// (shutdown, or the partition was revoked) during its retries or dead-lettering.
+    /// Applies `messages` (consecutive messages of one key, or of `several_keys`, each key's
+    /// in offset order) and says which offsets are done. Several are tried together in one
+    /// inbox transaction first. When that fails, the messages of one key are applied one at a
+    /// time, stopping at the first message not done (`cancel` fired, by shutdown or a revoked
+    /// partition, during its retries or dead-lettering); those of several keys are handed back,
+    /// so that each key is retried on its own and a failing key holds back only itself.
     pub(crate) async fn run(
         &self,
         messages: &[&OwnedMessage],
+        several_keys: bool,
         cancel: &CancellationToken,
         stats: &mut ConsumerStats,
-    ) -> Vec<i64> {
+    ) -> RunOutcome {
         if messages.len() > 1 && self.apply_batch(messages, stats).await {
-            return messages.iter().map(|m| m.offset()).collect();
+            return RunOutcome::Done(messages.iter().map(|m| m.offset()).collect());
+        }
+        if several_keys {
+            return RunOutcome::HandedBack;
         }
         let mut done = Vec::with_capacity(messages.len());
         for message in messages {
@@ -58,7 +72,7 @@ impl Worker {
             }
             done.push(message.offset());
         }
-        done
+        RunOutcome::Done(done)
     }
 
     /// Processes one message on its own (with retries and dead letters); false when `cancel`
