@@ -1,12 +1,5 @@
-//! `outbox-relay`: publishes a database's outbox to Kafka until SIGINT or SIGTERM.
-//!
-//! ```text
-//! outbox-relay --database-url postgres://... --brokers 127.0.0.1:9092 \
-//!     [--batch-size 500] [--concurrency 2] [--delete-published] [--topic-prefix shop.] \
-//!     [--kafka-config compression.type=zstd]... [--provision-topics] [--cleanup-after-secs 86400] \
-//!     [--publish-timeout-secs 60] \
-//!     [--log [--slot outbox] [--publication outbox] [--lag-warning-bytes N] [--heartbeat-secs 10]]
-//! ```
+//! `outbox relay` (and the `outbox-relay` binary): publishes a database's outbox to Kafka or
+//! RabbitMQ until SIGINT or SIGTERM.
 //!
 //! By default it polls the outbox table ([`Relay`]). With `--log` (PostgreSQL only) it reads
 //! the write-ahead log through a logical replication slot instead ([`LogRelay`]): the database
@@ -17,28 +10,43 @@
 //!
 //! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration (including a
 //! database that cannot carry a log relay) exits with code 2; on shutdown a one-line summary
-//! is printed.
+//! is printed. With `--metrics-addr` the relay's metrics are served in Prometheus' text format
+//! at `http://ADDR/metrics`.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use outbox_core::error_chain;
+use std::net::SocketAddr;
+
+use clap::Args;
+use metrics_exporter_prometheus::PrometheusBuilder;
+use outbox_core::{Publisher, error_chain};
 use outbox_kafka::KafkaPublisher;
+use outbox_rabbitmq::RabbitPublisher;
 use outbox_seaorm::log_relay::{DEFAULT_SLOT, LogRelay, LogRelayError};
 use outbox_seaorm::{Cleanup, Completion, Relay};
 use tokio::sync::watch;
 
-/// Publishes the outbox table to Kafka.
-#[derive(Debug, Parser)]
-#[command(name = "outbox-relay", version, about)]
-struct Args {
+/// Publishes the outbox to Kafka (`--brokers`) or RabbitMQ (`--amqp-url`).
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("broker").required(true).multiple(false)))]
+pub(crate) struct RelayArgs {
     /// Database URL (postgres://, mysql://, sqlite://).
     #[arg(long, env = "OUTBOX_DATABASE_URL")]
     database_url: String,
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "OUTBOX_KAFKA_BROKERS")]
-    brokers: String,
+    #[arg(long, env = "OUTBOX_KAFKA_BROKERS", group = "broker")]
+    brokers: Option<String>,
+    /// RabbitMQ URL (amqp://user:password@host:port/vhost, the vhost URL-encoded: %2f for /):
+    /// publish there instead of to Kafka.
+    #[arg(long, env = "OUTBOX_AMQP_URL", group = "broker")]
+    amqp_url: Option<String>,
+    /// With --amqp-url: the exchange to publish to (default: the publisher's, `outbox`).
+    #[arg(long, env = "OUTBOX_EXCHANGE", requires = "amqp_url")]
+    exchange: Option<String>,
+    /// Serve the relay's metrics in Prometheus' text format at http://ADDR/metrics.
+    #[arg(long, env = "OUTBOX_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Rows per relay batch.
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
     batch_size: usize,
@@ -53,10 +61,10 @@ struct Args {
     #[arg(long, env = "OUTBOX_TOPIC_PREFIX", default_value = "")]
     topic_prefix: String,
     /// A librdkafka property, key=value (repeatable).
-    #[arg(long = "kafka-config", value_parser = parse_pair)]
+    #[arg(long = "kafka-config", value_parser = parse_pair, conflicts_with = "amqp_url")]
     kafka_config: Vec<(String, String)>,
     /// Create each topic (3 partitions, replication 1) the first time it is published to.
-    #[arg(long, env = "OUTBOX_PROVISION_TOPICS")]
+    #[arg(long, env = "OUTBOX_PROVISION_TOPICS", conflicts_with = "amqp_url")]
     provision_topics: bool,
     /// Also delete published rows (and applied inbox rows) older than this many seconds, in
     /// bounded batches. Off unless given.
@@ -127,28 +135,8 @@ async fn shutdown_signal() {
     }
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("outbox-relay: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(run(args))
-}
-
-async fn run(args: Args) -> ExitCode {
+/// Runs the relay until SIGINT or SIGTERM; the exit code says how it ended.
+pub(crate) async fn run(args: RelayArgs) -> ExitCode {
     if args.batch_size == 0 {
         eprintln!("outbox-relay: --batch-size must be at least 1");
         return ExitCode::from(2);
@@ -183,20 +171,65 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let mut builder = KafkaPublisher::builder(&args.brokers).topic_prefix(&args.topic_prefix);
+    if let Some(addr) = args.metrics_addr {
+        if let Err(e) = PrometheusBuilder::new().with_http_listener(addr).install() {
+            eprintln!(
+                "outbox-relay: cannot serve metrics at {addr}: {}",
+                error_chain(&e)
+            );
+            return ExitCode::from(2);
+        }
+    }
+    match (&args.brokers, &args.amqp_url) {
+        (Some(brokers), _) => match kafka_publisher(&args, brokers) {
+            Ok(publisher) => relay(&args, publisher).await,
+            Err(code) => code,
+        },
+        (None, Some(url)) => match rabbit_publisher(&args, url).await {
+            Ok(publisher) => relay(&args, publisher).await,
+            Err(code) => code,
+        },
+        // clap requires one of the two.
+        (None, None) => {
+            eprintln!("outbox-relay: give --brokers or --amqp-url");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn kafka_publisher(args: &RelayArgs, brokers: &str) -> Result<KafkaPublisher, ExitCode> {
+    let mut builder = KafkaPublisher::builder(brokers).topic_prefix(&args.topic_prefix);
     for (k, v) in &args.kafka_config {
         builder = builder.set(k, v);
     }
     if args.provision_topics {
         builder = builder.provision_topics(3, 1);
     }
-    let publisher = match builder.build() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("outbox-relay: bad Kafka configuration: {}", error_chain(&e));
-            return ExitCode::from(2);
-        }
-    };
+    builder.build().map_err(|e| {
+        eprintln!("outbox-relay: bad Kafka configuration: {}", error_chain(&e));
+        ExitCode::from(2)
+    })
+}
+
+async fn rabbit_publisher(args: &RelayArgs, url: &str) -> Result<RabbitPublisher, ExitCode> {
+    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
+        eprintln!("outbox-relay: --amqp-url must be an amqp:// or amqps:// URL");
+        return Err(ExitCode::from(2));
+    }
+    let mut builder = RabbitPublisher::builder(url);
+    if let Some(exchange) = &args.exchange {
+        builder = builder.exchange(exchange);
+    }
+    builder.build().await.map_err(|e| {
+        eprintln!("outbox-relay: RabbitMQ: {}", error_chain(&e));
+        // A broker that cannot be reached is a runtime failure; a refused set-up is the
+        // configuration's.
+        ExitCode::from(if e.is_retryable() { 1 } else { 2 })
+    })
+}
+
+/// Connects to the database and relays through `publisher` until a signal.
+async fn relay<P: Publisher + 'static>(args: &RelayArgs, publisher: P) -> ExitCode {
     let db = match sea_orm::Database::connect(&args.database_url).await {
         Ok(db) => db,
         Err(e) => {
@@ -256,9 +289,9 @@ async fn run(args: Args) -> ExitCode {
 
 /// Polls the outbox table until `stop`.
 async fn run_table(
-    args: &Args,
+    args: &RelayArgs,
     db: sea_orm::DatabaseConnection,
-    publisher: KafkaPublisher,
+    publisher: impl Publisher + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, ExitCode> {
     let completion = if args.delete_published {
@@ -287,8 +320,8 @@ async fn run_table(
 
 /// Reads the write-ahead log through the slot until `stop` (`--log`).
 async fn run_log(
-    args: &Args,
-    publisher: KafkaPublisher,
+    args: &RelayArgs,
+    publisher: impl Publisher + 'static,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, ExitCode> {
     let publication = args.publication.as_deref().unwrap_or(&args.slot);
