@@ -88,7 +88,13 @@ pub(crate) struct DbArgs {
 impl DbArgs {
     async fn connect(&self) -> Result<DatabaseConnection, Failure> {
         let url = self.database_url.trim();
-        let known = ["postgres://", "postgresql://", "mysql://", "mariadb://", "sqlite:"];
+        let known = [
+            "postgres://",
+            "postgresql://",
+            "mysql://",
+            "mariadb://",
+            "sqlite:",
+        ];
         if !known.iter().any(|scheme| url.starts_with(scheme)) {
             return Err(Failure::Input(format!(
                 "--database-url must start with postgres://, mysql:// or sqlite: (got `{}`)",
@@ -369,7 +375,10 @@ pub(crate) async fn dead(command: DeadCommand) -> Result<(), Failure> {
                 ],
                 vec![
                     "topic".to_owned(),
-                    event.topic.clone().unwrap_or_else(|| "(default)".to_owned()),
+                    event
+                        .topic
+                        .clone()
+                        .unwrap_or_else(|| "(default)".to_owned()),
                 ],
                 vec!["attempts".to_owned(), event.attempts.to_string()],
                 vec!["occurred".to_owned(), event.occurred_at.to_rfc3339()],

@@ -171,14 +171,14 @@ pub(crate) async fn run(args: RelayArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Some(addr) = args.metrics_addr {
-        if let Err(e) = PrometheusBuilder::new().with_http_listener(addr).install() {
-            eprintln!(
-                "outbox-relay: cannot serve metrics at {addr}: {}",
-                error_chain(&e)
-            );
-            return ExitCode::from(2);
-        }
+    if let Some(addr) = args.metrics_addr
+        && let Err(e) = PrometheusBuilder::new().with_http_listener(addr).install()
+    {
+        eprintln!(
+            "outbox-relay: cannot serve metrics at {addr}: {}",
+            error_chain(&e)
+        );
+        return ExitCode::from(2);
     }
     match (&args.brokers, &args.amqp_url) {
         (Some(brokers), _) => match kafka_publisher(&args, brokers) {
@@ -257,9 +257,9 @@ async fn relay<P: Publisher + 'static>(args: &RelayArgs, publisher: P) -> ExitCo
     let started = Instant::now();
     let outcome = if args.log {
         // The log relay opens its own connections; this pool serves the cleanup only.
-        run_log(&args, publisher, stopped(stop_rx)).await
+        run_log(args, publisher, stopped(stop_rx)).await
     } else {
-        run_table(&args, db, publisher, stopped(stop_rx)).await
+        run_table(args, db, publisher, stopped(stop_rx)).await
     };
     if let Some(cleanup) = cleanup {
         // A relay that cannot run takes the cleanup beside it down too.

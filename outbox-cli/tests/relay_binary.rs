@@ -108,6 +108,19 @@ fn bad_configuration_exits_with_code_2_and_says_why() {
     ]);
     assert_eq!(addr.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&addr.stderr).contains("--metrics-addr"));
+
+    let taken = TcpListener::bind("127.0.0.1:0").expect("a port");
+    let port = taken.local_addr().expect("address").port();
+    let busy = run(&[
+        "--database-url",
+        "sqlite::memory:",
+        "--brokers",
+        "127.0.0.1:1",
+        "--metrics-addr",
+        &format!("127.0.0.1:{port}"),
+    ]);
+    assert_eq!(busy.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("cannot serve metrics"));
 }
 
 #[test]
@@ -240,9 +253,7 @@ async fn publishes_the_outbox_and_prints_a_summary_on_sigterm() {
 /// `GET /metrics` over a plain TCP connection; the response's body.
 fn scrape(port: u16) -> Option<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     stream
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .ok()?;
@@ -311,7 +322,10 @@ async fn serves_prometheus_metrics_whose_published_counter_rises() {
     wait_drained(&db).await;
     let later = scrape(port).expect("scrape after more events");
     assert_eq!(counter(&later, published), 10.0, "{later}");
-    assert!(later.contains("# TYPE outbox_relay_published_total counter"), "{later}");
+    assert!(
+        later.contains("# TYPE outbox_relay_published_total counter"),
+        "{later}"
+    );
 
     let output = stop(child);
     assert!(

@@ -6,7 +6,7 @@
 //!   events of their topics, exactly once per event through the inbox
 //!   ([`outbox_seaorm::inbox`]), with retries and a dead-letter topic;
 //! * [`provision_topics`]: creates topics for brokers that do not create them on first use;
-//! * the `outbox-relay` binary: the relay as its own process.
+//! * the relay as its own process is the `outbox relay` command of the `outbox-cli` crate.
 //!
 //! librdkafka is built from source by `rdkafka-sys` (a C compiler, `make` and zlib headers
 //! (`zlib1g-dev`) are needed; the `ssl` feature also needs `libssl-dev`).

@@ -79,13 +79,11 @@ impl GroupStatus {
         self.pending += other.pending;
         self.held += other.held;
         self.dead += other.dead;
-        self.oldest_pending_age_secs = match (
-            self.oldest_pending_age_secs,
-            other.oldest_pending_age_secs,
-        ) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        self.oldest_pending_age_secs =
+            match (self.oldest_pending_age_secs, other.oldest_pending_age_secs) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
     }
 }
 
@@ -398,8 +396,16 @@ fn event_info(row: &QueryResult, full: bool) -> Result<EventInfo, DbErr> {
         created_at: from_micros(row.try_get_by_index(9)?),
         occurred_at: from_micros(row.try_get_by_index(10)?),
         last_error: row.try_get_by_index(11)?,
-        payload: if full { row.try_get_by_index(12)? } else { None },
-        metadata: if full { row.try_get_by_index(13)? } else { None },
+        payload: if full {
+            row.try_get_by_index(12)?
+        } else {
+            None
+        },
+        metadata: if full {
+            row.try_get_by_index(13)?
+        } else {
+            None
+        },
     })
 }
 
