@@ -574,3 +574,155 @@ pub async fn replay<C: ConnectionTrait>(db: &C, filter: &ReplayFilter) -> Result
     );
     Ok(execute(db, &sql, values).await?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::Database;
+
+    /// Writes event `sequence` of `aggregate_type/aggregate_id` with `status`; returns its id.
+    async fn row(
+        db: &DatabaseConnection,
+        aggregate: (&str, &str),
+        sequence: i64,
+        event_type: &str,
+        status: EventStatus,
+    ) -> Uuid {
+        let id = Uuid::now_v7();
+        let now = now_micros();
+        execute(
+            db,
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, type, version, sequence, payload, \
+             shard, occurred_at, created_at, status, attempts, next_attempt_at, last_error) \
+             VALUES (?, ?, ?, ?, 1, ?, '{}', 0, ?, ?, ?, 0, ?, ?)",
+            vec![
+                id.to_string().into(),
+                aggregate.0.into(),
+                aggregate.1.into(),
+                event_type.into(),
+                sequence.into(),
+                now.into(),
+                now.into(),
+                status.into(),
+                now.into(),
+                (status == EventStatus::Dead).then_some("refused").into(),
+            ],
+        )
+        .await
+        .expect("insert");
+        id
+    }
+
+    async fn db() -> DatabaseConnection {
+        let db = Database::connect("sqlite::memory:").await.expect("sqlite");
+        crate::schema::migrate(&db).await.expect("migrate");
+        db
+    }
+
+    async fn statuses(db: &DatabaseConnection, aggregate_id: &str) -> Vec<(i64, i16)> {
+        query(
+            db,
+            "SELECT sequence, status FROM outbox WHERE aggregateid = ? ORDER BY sequence",
+            vec![aggregate_id.into()],
+        )
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| {
+            (
+                r.try_get_by_index(0).expect("sequence"),
+                r.try_get_by_index(1).expect("status"),
+            )
+        })
+        .collect()
+    }
+
+    #[tokio::test]
+    async fn status_counts_held_events_behind_a_dead_one() {
+        let db = db().await;
+        row(&db, ("Order", "o1"), 1, "A", EventStatus::Published).await;
+        row(&db, ("Order", "o1"), 2, "A", EventStatus::Dead).await;
+        row(&db, ("Order", "o1"), 3, "A", EventStatus::Pending).await;
+        row(&db, ("Order", "o2"), 1, "A", EventStatus::Pending).await;
+        let status = status(&db, None).await.expect("status");
+        assert_eq!((status.pending, status.held, status.dead), (2, 1, 1));
+        assert_eq!(status.by_aggregate_type["Order"].held, 1);
+        assert!(status.slot.is_none());
+        assert!(matches!(
+            super::status(&db, Some("outbox")).await,
+            Err(AdminError::NoSuchSlot { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn requeue_takes_the_earlier_dead_events_of_the_aggregate_along() {
+        let db = db().await;
+        let p = EventStatus::Pending.value();
+        let d = EventStatus::Dead.value();
+        row(&db, ("Order", "o1"), 1, "A", EventStatus::Dead).await;
+        row(&db, ("Order", "o1"), 2, "A", EventStatus::Dead).await;
+        let third = row(&db, ("Order", "o1"), 3, "B", EventStatus::Dead).await;
+        row(&db, ("Order", "o1"), 4, "A", EventStatus::Dead).await;
+        row(&db, ("Order", "o2"), 1, "A", EventStatus::Dead).await;
+
+        let done = requeue(&db, &DeadFilter::id(third)).await.expect("requeue");
+        assert_eq!(
+            done,
+            Requeued {
+                selected: 1,
+                taken_along: 2
+            }
+        );
+        assert_eq!(
+            statuses(&db, "o1").await,
+            [(1, p), (2, p), (3, p), (4, d)],
+            "the later dead event stays dead"
+        );
+        assert_eq!(statuses(&db, "o2").await, [(1, d)]);
+
+        let listed = list_dead(&db, &DeadFilter::all().event_type("A"))
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].last_error.as_deref(), Some("refused"));
+        assert_eq!(
+            drop_dead(&db, &DeadFilter::all().aggregate_type("Nope"))
+                .await
+                .ok(),
+            Some(0)
+        );
+        assert_eq!(drop_dead(&db, &DeadFilter::all()).await.ok(), Some(2));
+        assert!(
+            list_dead(&db, &DeadFilter::all())
+                .await
+                .expect("list")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn replay_makes_published_events_pending_and_leaves_dead_ones() {
+        let db = db().await;
+        let first = row(&db, ("Order", "o1"), 1, "A", EventStatus::Published).await;
+        row(&db, ("Order", "o1"), 2, "A", EventStatus::Captured).await;
+        row(&db, ("Order", "o1"), 3, "A", EventStatus::Dead).await;
+        row(&db, ("Order", "o2"), 1, "A", EventStatus::Published).await;
+        let n = replay(&db, &ReplayFilter::aggregate("o1").aggregate_type("Order"))
+            .await
+            .expect("replay");
+        assert_eq!(n, 2);
+        let p = EventStatus::Pending.value();
+        assert_eq!(
+            statuses(&db, "o1").await,
+            [(1, p), (2, p), (3, EventStatus::Dead.value())]
+        );
+        let shown = event(&db, first).await.expect("event").expect("found");
+        assert_eq!(shown.status, Some(EventState::Pending));
+        assert_eq!(shown.payload.as_deref(), Some("{}"));
+        let future = Utc::now() + chrono::Duration::days(1);
+        assert_eq!(
+            replay(&db, &ReplayFilter::since(future)).await.ok(),
+            Some(0)
+        );
+    }
+}
