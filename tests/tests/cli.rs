@@ -386,12 +386,13 @@ async fn slot_lag_is_reported_on_postgres() {
     exec(&t.db, &format!("SELECT pg_drop_replication_slot('{slot}')")).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_publishes_to_rabbitmq_with_amqp_url() {
+/// `outbox relay --amqp-url` (the table relay, or with `log` the log relay on its own slot)
+/// publishes four events to a queue bound to `--exchange`, read back with lapin, in order.
+async fn relay_to_rabbitmq(test: &str, log: bool) {
     let Some(uri) = rabbitmq_uri() else {
         return;
     };
-    let Some(t) = fresh(Backend::Postgres, "cli::relay_publishes_to_rabbitmq").await else {
+    let Some(t) = fresh(Backend::Postgres, test).await else {
         return;
     };
     let exchange = rabbit_common::unique("cli_x");
@@ -404,6 +405,38 @@ async fn relay_publishes_to_rabbitmq_with_amqp_url() {
         .await
         .expect("declare exchange and queue");
     setup.close().await;
+
+    let slot = format!("cli_amqp_{}", std::process::id());
+    let mut command = Command::new(OUTBOX);
+    command
+        .args(["relay", "--database-url", &t.url, "--amqp-url", &uri])
+        .args(["--exchange", &exchange])
+        .env("RUST_LOG", "warn")
+        .env_remove("OUTBOX_KAFKA_BROKERS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if log {
+        command.args(["--log", "--slot", &slot]);
+    }
+    let child = command.spawn().expect("spawn outbox relay");
+    if log {
+        // Events committed before the slot exists are not in it: wait for the relay to read it.
+        let start = Instant::now();
+        while count(
+            &t.db,
+            "pg_replication_slots",
+            &format!("slot_name = '{slot}' AND active"),
+        )
+        .await
+            == 0
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the log relay never read its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let w = insert_events(
         &t.db,
         &[
@@ -415,17 +448,17 @@ async fn relay_publishes_to_rabbitmq_with_amqp_url() {
     )
     .await;
 
-    let child = Command::new(OUTBOX)
-        .args(["relay", "--database-url", &t.url, "--amqp-url", &uri])
-        .args(["--exchange", &exchange])
-        .env("RUST_LOG", "warn")
-        .env_remove("OUTBOX_KAFKA_BROKERS")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn outbox relay");
     let (connection, channel) = rabbit_common::raw(&uri).await;
     let got = rabbit_common::drain(&channel, &queue, 4, Duration::from_secs(30)).await;
+    if log {
+        // The log relay marks the rows it read pending published after the broker's confirm.
+        let start = Instant::now();
+        while count(&t.db, "outbox", "status = 1").await < 4
+            && start.elapsed() < Duration::from_secs(30)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
@@ -441,14 +474,18 @@ async fn relay_publishes_to_rabbitmq_with_amqp_url() {
         stdout(&output)
     );
     assert_eq!(got.len(), 4, "messages read back");
+    let r1_ids = [
+        w[0].id.to_string(),
+        w[2].id.to_string(),
+        w[3].id.to_string(),
+    ];
     let r1: Vec<String> = got
         .iter()
         .filter(|m| {
-            m.properties.message_id().as_ref().is_some_and(|id| {
-                [w[0].id, w[2].id, w[3].id]
-                    .iter()
-                    .any(|w| w.to_string() == id.as_str())
-            })
+            m.properties
+                .message_id()
+                .as_ref()
+                .is_some_and(|id| r1_ids.iter().any(|r| r == id.as_str()))
         })
         .map(|m| String::from_utf8_lossy(&m.data).into_owned())
         .collect();
@@ -465,4 +502,17 @@ async fn relay_publishes_to_rabbitmq_with_amqp_url() {
     assert_eq!(count(&t.db, "outbox", "status = 1").await, 4);
     let _ = connection.close(200, "done".into()).await;
     rabbit_common::delete_all(&uri, &[&exchange], &[&queue]).await;
+    if log {
+        exec(&t.db, &format!("SELECT pg_drop_replication_slot('{slot}')")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_publishes_to_rabbitmq_with_amqp_url() {
+    relay_to_rabbitmq("cli::relay_publishes_to_rabbitmq", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_relay_publishes_to_rabbitmq_with_amqp_url() {
+    relay_to_rabbitmq("cli::log_relay_publishes_to_rabbitmq", true).await;
 }
