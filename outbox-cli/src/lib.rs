@@ -27,8 +27,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use commands::{parse_duration, parse_time};
-
 /// Operates a transactional outbox.
 #[derive(Debug, Parser)]
 #[command(name = "outbox", version, about)]
@@ -103,7 +101,8 @@ pub fn main_outbox() -> ExitCode {
             init_tracing("warn");
             block_on(async move {
                 let outcome = match command {
-                    Command::Relay(_) => Ok(()),
+                    // Taken by the arm above.
+                    Command::Relay(args) => return relay::run(args).await,
                     Command::Status(args) => commands::status(args).await,
                     Command::Dead { command } => commands::dead(command).await,
                     Command::Replay(args) => commands::replay(args).await,
