@@ -13,10 +13,9 @@
 //! is printed. With `--metrics-addr` the relay's metrics are served in Prometheus' text format
 //! at `http://ADDR/metrics`.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
-use std::net::SocketAddr;
 
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
