@@ -68,7 +68,24 @@
 
 mod admin;
 mod cycle;
+#[cfg(feature = "postgres")]
 mod wake;
+/// Without the PostgreSQL driver there is nothing to listen to.
+#[cfg(not(feature = "postgres"))]
+mod wake {
+    /// Never constructed: only PostgreSQL wakes relays with `NOTIFY`.
+    pub(super) struct Listener;
+
+    impl Listener {
+        pub(super) fn is_listening(&self) -> bool {
+            false
+        }
+
+        pub(super) async fn notified(&self) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 use std::future::Future;
 use std::pin::pin;
@@ -451,6 +468,7 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RelayStats, RelayError> {
         let listener = match self.db.get_database_backend() {
+            #[cfg(feature = "postgres")]
             DbBackend::Postgres => Some(wake::Listener::start(&self.db)),
             _ => None,
         };
