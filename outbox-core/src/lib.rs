@@ -63,6 +63,7 @@ mod publish;
 mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod wire;
 
 pub use aggregate::AggregateRoot;

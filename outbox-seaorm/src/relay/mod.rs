@@ -402,7 +402,7 @@ impl Relay {
     pub fn builder(db: DatabaseConnection, publisher: impl Publisher + 'static) -> RelayBuilder {
         RelayBuilder {
             db,
-            publisher: Arc::new(publisher),
+            publisher: traced(publisher),
             config: Config {
                 batch_size: 500,
                 shards_per_claim: 16,
@@ -613,4 +613,13 @@ impl Relay {
             }
         }
     }
+}
+
+/// The publisher the relay uses: with the `opentelemetry` feature each envelope is published
+/// in an `outbox.publish` span that joins the trace the event was saved in.
+fn traced(publisher: impl Publisher + 'static) -> Arc<dyn Publisher> {
+    #[cfg(feature = "opentelemetry")]
+    return Arc::new(outbox_core::trace::TracedPublisher::new(publisher));
+    #[cfg(not(feature = "opentelemetry"))]
+    Arc::new(publisher)
 }
