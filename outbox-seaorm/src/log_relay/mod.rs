@@ -4,7 +4,7 @@
 //! It streams slot `outbox` (pgoutput, publication `outbox` of the `outbox` table's inserts,
 //! both created by [`setup`] when missing) through
 //! [`pgwire-replication`](https://docs.rs/pgwire-replication), and hands each committed event to
-//! the same [`Publisher`] as the table relay ([`crate::Relay`]), so keys, headers and
+//! the same [`Publisher`](outbox_core::Publisher) as the table relay ([`crate::Relay`]), so keys, headers and
 //! CloudEvents attributes are the same. It reads events in every [`crate::Capture`] mode: rows
 //! inserted pending ([`crate::Capture::Table`]; it marks them published afterwards, so a table
 //! relay does not send them again), rows inserted settled ([`crate::Capture::LogTable`]; nothing
@@ -20,7 +20,7 @@
 //! sequence row or version guard serializes them), so its events arrive in order. Events are
 //! spread over [`LogRelayBuilder::concurrency`] lanes by aggregate; each lane publishes one batch
 //! at a time and retries a failed event before anything after it, so order per aggregate holds.
-//! An event that fails for good follows the [`DeadLetterPolicy`]: `Block` (the default) retries
+//! An event that fails for good follows the [`DeadLetterPolicy`](crate::relay::DeadLetterPolicy): `Block` (the default) retries
 //! it at the longest backoff until it goes through, holding its lane; `Skip` records it as a
 //! dead `outbox` row with its error and goes on. A dead row requeued with
 //! [`crate::relay::requeue_dead`] (an update, which the log does not carry to the relay) is

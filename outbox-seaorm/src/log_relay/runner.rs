@@ -15,7 +15,7 @@ use super::{
 use crate::relay::DeadLetterPolicy;
 
 /// Publishes committed events read from the write-ahead log; see the
-/// [module documentation](self).
+/// [module documentation](super).
 #[derive(Clone)]
 pub struct LogRelay {
     config: Arc<Config>,
@@ -97,10 +97,10 @@ impl LogRelay {
         }
     }
 
-    /// Creates the slot and the publication where they are missing ([`setup`]).
+    /// Creates the slot and the publication where they are missing ([`setup`](super::setup)).
     ///
     /// # Errors
-    /// As [`setup`], and [`LogRelayError::Url`] for a bad URL.
+    /// As [`setup`](super::setup), and [`LogRelayError::Url`] for a bad URL.
     pub async fn setup(&self) -> Result<(), LogRelayError> {
         let db = connect(&self.config.url).await?;
         let config = &self.config;
