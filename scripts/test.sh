@@ -17,6 +17,19 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 cargo test --workspace "$@"
 
+# Crate features: each database driver of outbox-seaorm compiles alone, and neither a
+# PostgreSQL-only build nor a broker crate (which chooses no driver) pulls another driver in.
+for feature in postgres mysql sqlite; do
+  cargo check --quiet -p outbox-seaorm --no-default-features --features "$feature"
+done
+for spec in "outbox-seaorm --no-default-features --features postgres" "outbox-kafka" "outbox-rabbitmq"; do
+  # shellcheck disable=SC2086 # the spec is a package name plus flags
+  if cargo tree -e normal -p $spec | grep -E "sqlx-(mysql|sqlite)|libsqlite3-sys|clap "; then
+    echo "features: cargo tree -p $spec has a driver or a binary dependency it should not" >&2
+    exit 1
+  fi
+done
+
 # An independent client reads what the relay wrote: kafka_seed saves events on a fresh
 # PostgreSQL database and relays them to a new topic; scripts/kafka_check.py (kafka-python,
 # installed once into the tool cache) checks the key, headers, CloudEvents attributes and JSON

@@ -193,6 +193,11 @@ impl Envelope {
     pub fn metadata(&self) -> &EventMetadata {
         &self.metadata
     }
+    /// The metadata, to stamp a trace context on it ([`crate::trace::stamp_current`]).
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    pub(crate) fn metadata_mut(&mut self) -> &mut EventMetadata {
+        &mut self.metadata
+    }
     /// The topic set on the event type, if it overrides the default routing.
     pub fn topic(&self) -> Option<&str> {
         self.topic.as_deref()

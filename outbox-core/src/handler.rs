@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use futures::FutureExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::envelope::{Envelope, EventMetadata};
@@ -296,7 +297,9 @@ impl Handler {
         self.timeout.unwrap_or(default)
     }
 
-    /// Runs the handler on `envelope` inside a metadata scope caused by it.
+    /// Runs the handler on `envelope` inside a metadata scope caused by it, in its
+    /// [`crate::trace::handler_span`] (with the `opentelemetry` feature, a child of the context
+    /// the event was saved in).
     ///
     /// Unbounded: a runtime calls [`Handler::call_within`].
     pub async fn call(
@@ -305,7 +308,9 @@ impl Handler {
         ctx: &EventContext<'_>,
     ) -> Result<(), HandlerError> {
         let meta = EventMetadata::caused_by(envelope);
-        crate::context::with_metadata(meta, (self.call)(envelope, ctx)).await
+        crate::context::with_metadata(meta, (self.call)(envelope, ctx))
+            .instrument(crate::trace::handler_span(envelope, self.id))
+            .await
     }
 
     /// [`Handler::call`], bounded: a panic of the handler becomes a retryable

@@ -5,7 +5,7 @@
 //! runs the in-process [`event_handler`]s after the commit, and a relay publishes them
 //! (`outbox-kafka`) at least once, in order per aggregate. This crate holds the parts that name no
 //! database and no broker: the event model, the [`Envelope`], the [`HandlerRegistry`], the
-//! [`Dispatcher`] and [`Publisher`] traits, the [`RetryPolicy`] and the [`testing`] helpers.
+//! [`Dispatcher`] and [`Publisher`] traits, the [`RetryPolicy`] and (feature `testing`) the `testing` helpers.
 //!
 //! ```
 //! use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
@@ -61,7 +61,9 @@ mod event;
 mod handler;
 mod publish;
 mod retry;
+#[cfg(feature = "testing")]
 pub mod testing;
+pub mod trace;
 pub mod wire;
 
 pub use aggregate::AggregateRoot;

@@ -60,7 +60,7 @@ impl PublishError {
     }
 }
 
-/// Sends committed envelopes to a broker (Kafka, or the in-memory one in [`crate::testing`]).
+/// Sends committed envelopes to a broker (Kafka, or the in-memory one in `outbox_core::testing`).
 ///
 /// The relay hands over a batch in order and expects one outcome per envelope, in the same order.
 /// An envelope counts as published only on `Ok`: return it only once the broker has acknowledged

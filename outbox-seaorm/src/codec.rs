@@ -171,6 +171,7 @@ impl Stored {
     ///
     /// # Errors
     /// The name of a required column that is missing or does not parse.
+    #[cfg(feature = "postgres")]
     pub(crate) fn from_text(
         mut column: impl FnMut(&str) -> Option<String>,
     ) -> Result<Stored, &'static str> {

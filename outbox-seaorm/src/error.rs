@@ -1,8 +1,11 @@
 //! Errors of the save path and the delivery worker.
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 use std::ops::Deref;
 
-use sea_orm::{DbBackend, DbErr, RuntimeErr};
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+use sea_orm::RuntimeErr;
+use sea_orm::{DbBackend, DbErr};
 
 use crate::capture::Capture;
 
@@ -178,6 +181,7 @@ impl Error {
 pub(crate) fn db_err_is_retryable(err: &DbErr) -> bool {
     match err {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
         DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
             match e.deref() {
                 sea_orm::sqlx::Error::Database(db) => {
@@ -207,9 +211,13 @@ pub(crate) fn db_err_is_retryable(err: &DbErr) -> bool {
 
 /// MySQL reports many unrelated errors as SQLSTATE `HY000`; only lock wait timeout (1205) and
 /// deadlock (1213) are worth retrying.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 fn is_mysql_hy000_other(db: &dyn sea_orm::sqlx::error::DatabaseError) -> bool {
-    match db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
-        Some(my) => !matches!(my.number(), 1205 | 1213),
-        None => false,
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sea_orm::sqlx::mysql::MySqlDatabaseError>() {
+        return !matches!(my.number(), 1205 | 1213);
     }
+    #[cfg(not(feature = "mysql"))]
+    let _ = db;
+    false
 }

@@ -68,7 +68,24 @@
 
 mod admin;
 mod cycle;
+#[cfg(feature = "postgres")]
 mod wake;
+/// Without the PostgreSQL driver there is nothing to listen to.
+#[cfg(not(feature = "postgres"))]
+mod wake {
+    /// Never constructed: only PostgreSQL wakes relays with `NOTIFY`.
+    pub(super) struct Listener;
+
+    impl Listener {
+        pub(super) fn is_listening(&self) -> bool {
+            false
+        }
+
+        pub(super) async fn notified(&self) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
 
 use std::future::Future;
 use std::pin::pin;
@@ -385,7 +402,7 @@ impl Relay {
     pub fn builder(db: DatabaseConnection, publisher: impl Publisher + 'static) -> RelayBuilder {
         RelayBuilder {
             db,
-            publisher: Arc::new(publisher),
+            publisher: traced(publisher),
             config: Config {
                 batch_size: 500,
                 shards_per_claim: 16,
@@ -451,6 +468,7 @@ impl Relay {
         shutdown: impl Future<Output = ()>,
     ) -> Result<RelayStats, RelayError> {
         let listener = match self.db.get_database_backend() {
+            #[cfg(feature = "postgres")]
             DbBackend::Postgres => Some(wake::Listener::start(&self.db)),
             _ => None,
         };
@@ -595,4 +613,13 @@ impl Relay {
             }
         }
     }
+}
+
+/// The publisher the relay uses: with the `opentelemetry` feature each envelope is published
+/// in an `outbox.publish` span that joins the trace the event was saved in.
+fn traced(publisher: impl Publisher + 'static) -> Arc<dyn Publisher> {
+    #[cfg(feature = "opentelemetry")]
+    return Arc::new(outbox_core::trace::TracedPublisher::new(publisher));
+    #[cfg(not(feature = "opentelemetry"))]
+    Arc::new(publisher)
 }

@@ -230,6 +230,7 @@ fn integer(row: &QueryResult) -> i64 {
 
 /// Whether `err` is MySQL's duplicate-key error (1062), which a versioned insert of an id that
 /// exists raises there.
+#[cfg(feature = "mysql")]
 pub(crate) fn is_mysql_duplicate(err: &DbErr) -> bool {
     use std::ops::Deref;
     match err {
@@ -242,4 +243,10 @@ pub(crate) fn is_mysql_duplicate(err: &DbErr) -> bool {
         },
         _ => false,
     }
+}
+
+/// Without the MySQL driver no error comes from MySQL.
+#[cfg(not(feature = "mysql"))]
+pub(crate) fn is_mysql_duplicate(_err: &DbErr) -> bool {
+    false
 }

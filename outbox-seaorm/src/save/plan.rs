@@ -68,7 +68,7 @@ impl Plan {
         let pending = aggregate.pending_events().as_slice();
         let mut envelopes = Vec::with_capacity(pending.len());
         for (index, event) in pending.iter().enumerate() {
-            let envelope = event
+            let mut envelope = event
                 .to_envelope(aggregate_type, &aggregate_id, 0)
                 .map_err(|source| Error::Event {
                     aggregate_type,
@@ -76,6 +76,8 @@ impl Plan {
                     index,
                     source,
                 })?;
+            // With the `opentelemetry` feature, the trace the save runs in.
+            outbox_core::trace::stamp_current(&mut envelope);
             envelopes.push(envelope);
         }
         let handlers: Vec<Vec<Handler>> = envelopes
