@@ -196,6 +196,77 @@ async fn applied(db: &DatabaseConnection) -> Vec<(String, i64, i64, String, i64,
     .collect()
 }
 
+/// What the in-process handler below received.
+static SEEN: std::sync::Mutex<Vec<(u32, i64, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// An in-process (after-commit) handler of the newest version.
+#[event_handler(id = "versions.local")]
+async fn local(event: &OrderPlaced, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
+    SEEN.lock().unwrap_or_else(|p| p.into_inner()).push((
+        ctx.envelope().event_version(),
+        event.cents,
+        event.currency.clone(),
+    ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn in_process_handlers_and_the_testing_helpers_read_old_versions_too() {
+    const NAME: &str = "VersionedOrderPlaced";
+    let envelopes = vec![
+        envelope(NAME, 1, "o-1", 1, r#"{"customer":"ada","euros":2}"#),
+        envelope(NAME, 2, "o-1", 2, r#"{"customer":"ada","cents":250}"#),
+        envelope(
+            NAME,
+            3,
+            "o-1",
+            3,
+            r#"{"customer":"ada","cents":3,"currency":"CHF"}"#,
+        ),
+        envelope(
+            NAME,
+            4,
+            "o-1",
+            4,
+            r#"{"customer":"ada","cents":4,"currency":"CHF"}"#,
+        ),
+    ];
+    // The entry point the delivery worker and the consumers call.
+    let handler = handler!(local);
+    for e in &envelopes[..3] {
+        let ctx = EventContext::new(e, handler.id(), 1);
+        handler
+            .call(e, &ctx)
+            .await
+            .expect("an older version is upcast");
+    }
+    let ctx = EventContext::new(&envelopes[3], handler.id(), 1);
+    let err = handler
+        .call(&envelopes[3], &ctx)
+        .await
+        .expect_err("a newer version");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.to_string().contains("version 4 is newer"), "{err}");
+    let seen = SEEN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(
+        seen,
+        [
+            (1, 200, "EUR".to_owned()),
+            (2, 250, "EUR".to_owned()),
+            (3, 3, "CHF".to_owned())
+        ]
+    );
+
+    // The testing helper: every readable version, as the newest type, in order.
+    let published = outbox_core::testing::PublishedEvents::from_envelopes(envelopes);
+    let cents: Vec<i64> = published
+        .of_type::<OrderPlaced>()
+        .iter()
+        .map(|e| e.cents)
+        .collect();
+    assert_eq!(cents, [200, 250, 3]);
+}
+
 #[test]
 fn the_chain_is_declared() {
     assert_eq!(OrderPlaced::VERSION, 3);
@@ -235,7 +306,13 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
     let placed = [
         envelope(NAME, 1, "o-1", 1, r#"{"customer":"ada","euros":12}"#),
         envelope(NAME, 1, "o-2", 1, r#"{"customer":"bob","euros":3}"#),
-        envelope(NAME, 3, "o-1", 2, r#"{"customer":"ada","cents":99,"currency":"CHF"}"#),
+        envelope(
+            NAME,
+            3,
+            "o-1",
+            2,
+            r#"{"customer":"ada","cents":99,"currency":"CHF"}"#,
+        ),
         envelope(NAME, 2, "o-1", 3, r#"{"customer":"ada","cents":1250}"#),
         envelope(NAME, 1, "o-1", 4, r#"{"customer":"ada","euros":7}"#),
         envelope(NAME, 1, "o-2", 2, r#"{"customer":"bob","euros":4}"#),
@@ -245,8 +322,20 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
     }
     // Three that cannot be read here: a version newer than the handler's, a version no upcast
     // reaches, and a version-1 payload that is not the version-1 shape.
-    let too_new = envelope(NAME, 4, "o-3", 1, r#"{"customer":"cyd","cents":1,"currency":"EUR","vat":1}"#);
-    let unreachable = envelope("VersionedOrderNoted", 1, "o-4", 1, r#"{"text":"old shape"}"#);
+    let too_new = envelope(
+        NAME,
+        4,
+        "o-3",
+        1,
+        r#"{"customer":"cyd","cents":1,"currency":"EUR","vat":1}"#,
+    );
+    let unreachable = envelope(
+        "VersionedOrderNoted",
+        1,
+        "o-4",
+        1,
+        r#"{"text":"old shape"}"#,
+    );
     let broken = envelope(NAME, 1, "o-5", 1, r#"{"customer":"dee","cents":5}"#);
     for e in [&too_new, &unreachable, &broken] {
         produce(&producer, e).await;
@@ -318,7 +407,12 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
     let reason = |e: &Envelope| -> &Dead { by_id[e.id().to_string().as_str()] };
     for e in [&too_new, &unreachable, &broken] {
         let d = reason(e);
-        assert_eq!(d.headers[dlt::REASON], "handler-permanent", "{:?}", d.headers);
+        assert_eq!(
+            d.headers[dlt::REASON],
+            "handler-permanent",
+            "{:?}",
+            d.headers
+        );
         assert_eq!(d.headers[dlt::ATTEMPTS], "1", "{:?}", d.headers);
     }
     let error = |e: &Envelope| reason(e).headers[dlt::ERROR].clone();

@@ -27,11 +27,12 @@ use crate::{inventory, order, payment};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The topics the example's events go to (set on the event types with `#[event(topic)]`).
-pub const TOPICS: [&str; 4] = [
+pub const TOPICS: [&str; 5] = [
     "ddd.orders",
     "ddd.payments",
     "ddd.inventory",
     "ddd.order-outcomes",
+    "ddd.compensations",
 ];
 /// Partitions per topic.
 pub const PARTITIONS: i32 = 3;
