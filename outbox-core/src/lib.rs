@@ -123,21 +123,14 @@ pub mod __private {
 
     /// Checks, at compile time, that `upcast_from` names the version right before this one of
     /// the same event.
-    pub const fn check_upcast(
-        name: &str,
-        version: u32,
-        from_name: &str,
-        from_version: u32,
-    ) {
+    pub const fn check_upcast(name: &str, version: u32, from_name: &str, from_version: u32) {
         if !const_str_eq(name, from_name) {
             panic!(
                 "`upcast_from` names a type of another event: an upcast reads an older version of the same event name"
             );
         }
         if from_version >= version {
-            panic!(
-                "`upcast_from` must name an older version: its `version` is not below this one"
-            );
+            panic!("`upcast_from` must name an older version: its `version` is not below this one");
         }
         if from_version + 1 != version {
             panic!(

@@ -34,7 +34,11 @@ pub(crate) fn derive(input: &Input<'_>) -> TokenStream {
             }
         }
     });
-    let upcast = input.attrs.upcast_from.as_ref().map(|(_, from)| upcast(ident, from));
+    let upcast = input
+        .attrs
+        .upcast_from
+        .as_ref()
+        .map(|(_, from)| upcast(ident, from));
     let (upcast_items, upcast_checks) = match upcast {
         Some((items, checks)) => (Some(items), Some(checks)),
         None => (None, None),
