@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use outbox_core::{DomainEvent, Envelope, EventContext, HandlerError, HandlerRegistry, wire};
 use outbox_core::{event_handler, handler};
-use outbox_kafka::{KafkaConsumer, dlt};
+use outbox_kafka::{KafkaConfig, KafkaConsumer, dlt, provision_topics};
 use outbox_seaorm::TransactionExt;
-use outbox_tests::{Backend, fresh};
+use outbox_tests::{Backend, fresh, kafka_brokers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
@@ -18,8 +18,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement};
 use serde::{Deserialize, Serialize};
-
-const TOPIC: &str = "versioned.orders";
 
 /// Version 1: the whole name in one field, the amount in whole euros.
 #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
@@ -117,8 +115,9 @@ fn envelope(name: &str, version: u32, key: &str, sequence: i64, payload: &str) -
         .build()
 }
 
-/// Produces `envelope` as a raw Kafka record with the wire headers, keyed by its aggregate id.
-async fn produce(producer: &FutureProducer, envelope: &Envelope) {
+/// Produces `envelope` to `topic` as a raw Kafka record with the wire headers, keyed by its
+/// aggregate id.
+async fn produce(producer: &FutureProducer, topic: &str, envelope: &Envelope) {
     let mut headers = OwnedHeaders::new();
     for (key, value) in wire::encode(envelope, "/old-producer", wire::KAFKA_CLOUDEVENTS_PREFIX) {
         headers = headers.insert(Header {
@@ -126,7 +125,7 @@ async fn produce(producer: &FutureProducer, envelope: &Envelope) {
             value: Some(value.as_ref()),
         });
     }
-    let record: FutureRecord<'_, str, str> = FutureRecord::to(TOPIC)
+    let record: FutureRecord<'_, str, str> = FutureRecord::to(topic)
         .key(envelope.aggregate_id())
         .payload(envelope.payload())
         .headers(headers);
@@ -140,15 +139,15 @@ struct Dead {
     headers: HashMap<String, String>,
 }
 
-/// Reads `n` dead letters from the beginning of the dead-letter topic (bounded wait).
-fn read_dead(brokers: &str, n: usize) -> Vec<Dead> {
+/// Reads `n` dead letters from the beginning of `topic`'s dead-letter topic (bounded wait).
+fn read_dead(brokers: &str, topic: &str, n: usize) -> Vec<Dead> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", "dead-reader")
         .create()
         .expect("reader");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(&format!("{TOPIC}.dlt"), 0, Offset::Beginning)
+    tpl.add_partition_offset(&format!("{topic}.dlt"), 0, Offset::Beginning)
         .expect("offset");
     consumer.assign(&tpl).expect("assign");
     let mut out = Vec::new();
@@ -278,7 +277,41 @@ fn the_chain_is_declared() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_dead_lettered() {
-    let Some(t) = fresh(Backend::Sqlite, "event_versions::kafka_mock").await else {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let topic = "versioned.orders";
+    // One partition: every message of the test is in one log, in the order produced.
+    cluster.create_topic(topic, 1, 1).expect("topic");
+    cluster
+        .create_topic(&format!("{topic}.dlt"), 1, 1)
+        .expect("dlt topic");
+    versions_in_one_partition(&cluster.bootstrap_servers(), topic, "mock").await;
+}
+
+/// The same on a real Kafka-protocol broker (tansu at `OUTBOX_TEST_KAFKA_BROKERS`), on a topic
+/// of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_versions_reach_a_newer_handler_on_a_real_broker() {
+    let Some(brokers) = kafka_brokers() else {
+        return;
+    };
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let topic = format!("versions-{run}.orders");
+    provision_topics(
+        &KafkaConfig::new(&brokers),
+        &[topic.as_str(), format!("{topic}.dlt").as_str()],
+        1,
+        1,
+    )
+    .await
+    .expect("provision");
+    // The group of the handlers; its offsets are per topic, and the topic is new.
+    versions_in_one_partition(&brokers, &topic, "broker").await;
+}
+
+/// v1, v2 and v3 of `VersionedOrderPlaced` in one partition of `topic`, and three unreadable
+/// messages, consumed by group `versions` whose handler knows v3.
+async fn versions_in_one_partition(brokers: &str, topic: &str, db: &str) {
+    let Some(t) = fresh(Backend::Sqlite, &format!("event_versions::{db}")).await else {
         return;
     };
     t.db.execute_raw(Statement::from_string(
@@ -289,15 +322,8 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
     ))
     .await
     .expect("table");
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    // One partition: every message below is in one log, in the order produced.
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster
-        .create_topic(&format!("{TOPIC}.dlt"), 1, 1)
-        .expect("dlt topic");
-    let brokers = cluster.bootstrap_servers();
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("producer");
 
@@ -318,7 +344,7 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
         envelope(NAME, 1, "o-2", 2, r#"{"customer":"bob","euros":4}"#),
     ];
     for e in &placed {
-        produce(&producer, e).await;
+        produce(&producer, topic, e).await;
     }
     // Three that cannot be read here: a version newer than the handler's, a version no upcast
     // reaches, and a version-1 payload that is not the version-1 shape.
@@ -338,20 +364,21 @@ async fn old_versions_reach_a_newer_handler_in_order_and_unreachable_ones_are_de
     );
     let broken = envelope(NAME, 1, "o-5", 1, r#"{"customer":"dee","cents":5}"#);
     for e in [&too_new, &unreachable, &broken] {
-        produce(&producer, e).await;
+        produce(&producer, topic, e).await;
     }
 
     let registry = HandlerRegistry::new()
         .with(handler!(record))
         .with(handler!(noted));
-    let consumer = KafkaConsumer::builder(&brokers, "versions", t.db.clone(), registry)
+    let consumer = KafkaConsumer::builder(brokers, "versions", t.db.clone(), registry)
+        .topics([topic.to_owned()])
         .build()
         .await
         .expect("consumer");
-    let dlt_brokers = brokers.clone();
+    let (dlt_brokers, dlt_topic) = (brokers.to_owned(), topic.to_owned());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let watcher = tokio::task::spawn_blocking(move || {
-        let dead = read_dead(&dlt_brokers, 3);
+        let dead = read_dead(&dlt_brokers, &dlt_topic, 3);
         // Let the consumer finish the messages before the dead letters' (it runs keys
         // concurrently), then stop it.
         std::thread::sleep(Duration::from_millis(500));
