@@ -263,7 +263,17 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     };
     for (i, p) in planned.iter().enumerate() {
         for (round, _) in chaos_at.iter().enumerate().filter(|(_, at)| **at == i) {
-            chaos_round(&mut world, &kafka, &start, round, &mut injected, &print).await?;
+            let v1_so_far = placed_v1.len();
+            chaos_round(
+                &mut world,
+                &kafka,
+                &start,
+                round,
+                v1_so_far,
+                &mut injected,
+                &print,
+            )
+            .await?;
             old_instance_left = V1_PER_ROUND;
         }
         let mut order = if old_instance_left > 0 {
@@ -403,6 +413,7 @@ async fn chaos_round(
     kafka: &Kafka,
     start: &HashMap<(String, i32), i64>,
     round: usize,
+    v1_so_far: usize,
     injected: &mut HashMap<String, usize>,
     print: &impl Fn(String),
 ) -> Result<(), BoxError> {
@@ -428,14 +439,19 @@ async fn chaos_round(
     let sent = kafka
         .inject_duplicates(start, &["ddd.orders", "ddd.payments"], 3)
         .await?;
-    let copies: usize = sent.values().sum();
+    let mut copies: usize = sent.values().sum();
     for (topic, n) in sent {
         *injected.entry(topic).or_default() += n;
     }
+    // Old messages replayed: the version-1 `OrderCreated`s the old instance placed so far.
+    let v1_copies = kafka.reproduce_v1(start, v1_so_far).await?;
+    *injected.entry("ddd.orders".to_owned()).or_default() += v1_copies;
+    copies += v1_copies;
     print(format!(
         "  chaos {}: aborted the 3 relays and the {group} consumer, restarted them; \
-         re-produced {copies} messages as duplicates; the next {V1_PER_ROUND} orders come from \
-         an order-service instance not upgraded yet (OrderCreated v1)",
+         re-produced {copies} messages as duplicates ({v1_copies} of them OrderCreated v1); \
+         the next {V1_PER_ROUND} orders come from an order-service instance not upgraded yet \
+         (OrderCreated v1)",
         round + 1
     ));
     Ok(())
