@@ -467,8 +467,9 @@ impl Kafka {
     }
 
     /// Chaos: re-produces up to `n` of this run's `OrderCreated` messages of version 1 (header
-    /// `event_version` = 1), as a replay of old messages would: the consumers read them through
-    /// the upcast and skip them as duplicates. Returns how many copies `ddd.orders` got.
+    /// `event_version` = 1), as a replay of old messages would: the consumers skip them as
+    /// duplicates (the inbox keys on the event id, whatever the version). Returns how many
+    /// copies `ddd.orders` got.
     pub async fn reproduce_v1(
         &self,
         start: &HashMap<(String, i32), i64>,
