@@ -208,11 +208,13 @@ impl Envelope {
         self.event_name == E::NAME
     }
 
-    /// Deserializes the payload as `E`.
+    /// Deserializes the payload as `E`, upcasting it when the envelope's version is older than
+    /// `E`'s ([`DomainEvent::read_payload`]).
     ///
     /// # Errors
-    /// [`Error::WrongEvent`] when the envelope holds another event, [`Error::Decode`] when the
-    /// payload does not deserialize.
+    /// [`Error::WrongEvent`] when the envelope holds another event; [`Error::VersionTooNew`] or
+    /// [`Error::VersionUnreachable`] when `E` cannot read the envelope's version;
+    /// [`Error::Decode`] when the payload does not deserialize.
     pub fn decode<E: DomainEvent>(&self) -> Result<E, Error> {
         if !self.is::<E>() {
             return Err(Error::WrongEvent {
@@ -220,10 +222,8 @@ impl Envelope {
                 found: self.event_name.clone(),
             });
         }
-        serde_json::from_str(&self.payload).map_err(|source| Error::Decode {
-            event: self.event_name.clone(),
-            source,
-        })
+        crate::event::check_version::<E>(self.event_version)?;
+        E::read_payload(self.event_version, &self.payload)
     }
 }
 

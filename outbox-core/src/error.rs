@@ -22,6 +22,37 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The envelope's version is newer than the newest this type knows: no upcast goes down.
+    #[error(
+        "event `{event}` version {found} is newer than version {newest} of `{type_name}`, the newest this binary reads; deploy the consumers of a new version before its producers"
+    )]
+    VersionTooNew {
+        /// The event name.
+        event: String,
+        /// The version the envelope carries.
+        found: u32,
+        /// The newest version the type reads ([`crate::DomainEvent::VERSION`]).
+        newest: u32,
+        /// The Rust type asked for.
+        type_name: &'static str,
+    },
+    /// The envelope's version is older than the oldest an upcast of this type reaches.
+    #[error(
+        "event `{event}` version {found} cannot be read: no upcast reaches it (`{type_name}` reads versions {oldest} to {newest}); declare the version-{found} shape with `#[event(version = {found})]` and name it in `upcast_from` of the version after it"
+    )]
+    VersionUnreachable {
+        /// The event name.
+        event: String,
+        /// The version the envelope carries.
+        found: u32,
+        /// The oldest version the type's upcast chain reaches
+        /// ([`crate::DomainEvent::OLDEST_VERSION`]).
+        oldest: u32,
+        /// The newest version the type reads ([`crate::DomainEvent::VERSION`]).
+        newest: u32,
+        /// The Rust type asked for.
+        type_name: &'static str,
+    },
     /// The envelope carries another event than the one asked for.
     #[error("expected event `{expected}`, found `{found}`")]
     WrongEvent {

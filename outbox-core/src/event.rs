@@ -40,6 +40,107 @@ pub trait DomainEvent:
     const VERSION: u32;
     /// The topic the event is published to, when it overrides the aggregate's default.
     const TOPIC: Option<&'static str> = None;
+    /// The oldest payload version this type reads: [`DomainEvent::VERSION`] itself, or the
+    /// oldest version its upcast chain reaches (`#[event(upcast_from = ...)]`, see
+    /// [`DomainEvent::read_payload`]).
+    const OLDEST_VERSION: u32 = Self::VERSION;
+
+    /// Reads a JSON payload written at `version` as this type: at [`DomainEvent::VERSION`] it
+    /// deserializes it, at an older version it reads it as the older shape and converts it
+    /// with `From`, one version at a time.
+    ///
+    /// The derive writes it: without `upcast_from` a type reads its own version only; with
+    /// `#[event(version = 3, upcast_from = OrderCreatedV2)]` (and `impl From<OrderCreatedV2>`)
+    /// it reads version 3 and whatever `OrderCreatedV2` reads, converted. Every place an
+    /// envelope becomes a typed event ([`Envelope::decode`], so the handlers of every backend
+    /// and the [`crate::testing`] helpers) goes through it.
+    ///
+    /// ```
+    /// use outbox_core::DomainEvent;
+    /// use serde::{Deserialize, Serialize};
+    ///
+    /// /// What `AddressChanged` looked like before the address was split.
+    /// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+    /// #[event(name = "AddressChanged", version = 1)]
+    /// struct AddressChangedV1 { address: String }
+    ///
+    /// #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+    /// #[event(name = "AddressChanged", version = 2, upcast_from = AddressChangedV1)]
+    /// struct AddressChanged { street: String, city: String }
+    ///
+    /// impl From<AddressChangedV1> for AddressChanged {
+    ///     fn from(old: AddressChangedV1) -> Self {
+    ///         let (street, city) = old.address.split_once(", ").unwrap_or((&old.address, ""));
+    ///         AddressChanged { street: street.to_owned(), city: city.to_owned() }
+    ///     }
+    /// }
+    ///
+    /// let read = AddressChanged::read_payload(1, r#"{"address":"1 Main St, Springfield"}"#)?;
+    /// assert_eq!((read.street.as_str(), read.city.as_str()), ("1 Main St", "Springfield"));
+    /// assert_eq!(AddressChanged::OLDEST_VERSION, 1);
+    /// assert!(AddressChanged::read_payload(3, "{}").is_err());
+    /// # Ok::<(), outbox_core::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::VersionTooNew`] above [`DomainEvent::VERSION`], [`Error::VersionUnreachable`]
+    /// below [`DomainEvent::OLDEST_VERSION`] (or at a version the chain skips), [`Error::Decode`]
+    /// when the payload does not deserialize as the shape of its version.
+    fn read_payload(version: u32, payload: &str) -> Result<Self, Error> {
+        read_exact(version, payload)
+    }
+}
+
+/// Reads `payload` as `E` when `version` is `E`'s own; the default [`DomainEvent::read_payload`].
+pub(crate) fn read_exact<E: DomainEvent>(version: u32, payload: &str) -> Result<E, Error> {
+    check_version::<E>(version)?;
+    if version != E::VERSION {
+        return Err(unreachable::<E>(version));
+    }
+    serde_json::from_str(payload).map_err(|source| Error::Decode {
+        event: E::NAME.to_owned(),
+        source,
+    })
+}
+
+/// Reads `payload` as `E`, converting a payload older than `E` through `P`, the version before.
+pub(crate) fn upcast<E, P>(version: u32, payload: &str) -> Result<E, Error>
+where
+    E: DomainEvent + From<P>,
+    P: DomainEvent,
+{
+    check_version::<E>(version)?;
+    if version == E::VERSION {
+        read_exact(version, payload)
+    } else {
+        P::read_payload(version, payload).map(E::from)
+    }
+}
+
+/// Whether `version` is within what `E` reads.
+pub(crate) fn check_version<E: DomainEvent>(version: u32) -> Result<(), Error> {
+    if version > E::VERSION {
+        Err(Error::VersionTooNew {
+            event: E::NAME.to_owned(),
+            found: version,
+            newest: E::VERSION,
+            type_name: std::any::type_name::<E>(),
+        })
+    } else if version < E::OLDEST_VERSION {
+        Err(unreachable::<E>(version))
+    } else {
+        Ok(())
+    }
+}
+
+fn unreachable<E: DomainEvent>(version: u32) -> Error {
+    Error::VersionUnreachable {
+        event: E::NAME.to_owned(),
+        found: version,
+        oldest: E::OLDEST_VERSION,
+        newest: E::VERSION,
+        type_name: std::any::type_name::<E>(),
+    }
 }
 
 /// A type-erased, not yet saved domain event.

@@ -97,9 +97,63 @@ pub mod __private {
     pub use crate::event::{DomainEvent, DomainEvents, EventType};
     pub use crate::handler::{BoxFuture, EventContext, Handler, HandlerError};
 
-    /// Decodes the envelope for a handler; a payload that does not fit is a permanent failure.
+    pub use crate::error::Error;
+
+    /// Decodes the envelope for a handler, upcasting an older version; a payload that does not
+    /// fit, or a version no upcast reaches, is a permanent failure (dead-lettered with the
+    /// reason).
     pub fn decode<E: DomainEvent>(envelope: &Envelope) -> Result<E, HandlerError> {
         envelope.decode::<E>().map_err(HandlerError::permanent)
+    }
+
+    /// `read_payload` of an event declared with `upcast_from = P`.
+    pub fn upcast<E, P>(version: u32, payload: &str) -> Result<E, Error>
+    where
+        E: DomainEvent + From<P>,
+        P: DomainEvent,
+    {
+        crate::event::upcast::<E, P>(version, payload)
+    }
+
+    /// Links an event version to the one after it: the derive of the newer type implements it
+    /// for the older one, so two types upcasting from one version do not compile (conflicting
+    /// implementations).
+    pub trait UpcastsInto {
+        /// The version after this one.
+        type Next;
+    }
+
+    /// Checks, at compile time, that `upcast_from` names the version right before this one of
+    /// the same event.
+    pub const fn check_upcast(name: &str, version: u32, from_name: &str, from_version: u32) {
+        if !const_str_eq(name, from_name) {
+            panic!(
+                "`upcast_from` names a type of another event: an upcast reads an older version of the same event name"
+            );
+        }
+        if from_version >= version {
+            panic!("`upcast_from` must name an older version: its `version` is not below this one");
+        }
+        if from_version + 1 != version {
+            panic!(
+                "`upcast_from` skips a version: name the type of version `version - 1`, so the chain has no gap"
+            );
+        }
+    }
+
+    const fn const_str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
     }
 
     /// Renders an aggregate id.

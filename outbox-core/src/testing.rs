@@ -296,8 +296,8 @@ impl PublishedEvents {
         self.envelopes.is_empty()
     }
 
-    /// The events of type `E`, decoded, in publishing order (envelopes whose payload does not
-    /// decode as `E` are left out).
+    /// The events of type `E`, decoded, in publishing order; an older version is upcast to `E`
+    /// (`#[event(upcast_from = ...)]`), and envelopes that `E` cannot read are left out.
     pub fn of_type<E: DomainEvent>(&self) -> Vec<E> {
         self.envelopes
             .iter()

@@ -17,8 +17,9 @@ use syn::{DeriveInput, ItemFn, Path, parse_macro_input};
 
 /// Derives `DomainEvent`.
 ///
-/// `#[event(name = "OrderCreated", version = 1, topic = "orders")]`, every key optional: the
-/// name defaults to the type's name, the version to 1, the topic to none (the aggregate's). The
+/// `#[event(name = "OrderCreated", version = 1, topic = "orders", upcast_from = Older)]`, every key
+/// optional: the name defaults to the type's name, the version to 1, the topic to none (the
+/// aggregate's), `upcast_from` to none (the type reads its own version only). The
 /// name must read as past tense (`OrderCreated`, `InvoicePaid`, `UserLoggedIn`,
 /// `OrderPaidInFull`; the rule is in `words.rs`), and the error suggests one when it does not; `#[event(allow_non_past_tense)]` opts out for a name that is
 /// right as it is.
@@ -39,6 +40,26 @@ use syn::{DeriveInput, ItemFn, Path, parse_macro_input};
 /// assert_eq!(PaymentCaptured::NAME, "PaymentCaptured");
 /// assert_eq!(PaymentCaptured::TOPIC, Some("payments"));
 /// assert_eq!(Snapshot::NAME, "LegacyOrderSnapshot");
+/// ```
+///
+/// `upcast_from = OlderType` makes the type read payloads of older versions: `OlderType` is the
+/// same event at `version - 1` (itself a `DomainEvent`, with its own `upcast_from` or none), and
+/// `impl From<OlderType> for ThisType` converts. See `DomainEvent::read_payload`.
+///
+/// ```compile_fail
+/// // error: `upcast_from` skips a version (version 3 upcasts from version 1)
+/// # use outbox_core::DomainEvent;
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, DomainEvent)]
+/// #[event(name = "OrderCreated", version = 1)]
+/// struct OrderCreatedV1 { id: u64 }
+///
+/// #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, DomainEvent)]
+/// #[event(name = "OrderCreated", version = 3, upcast_from = OrderCreatedV1)]
+/// struct OrderCreated { id: u64 }
+///
+/// impl From<OrderCreatedV1> for OrderCreated {
+///     fn from(v1: OrderCreatedV1) -> Self { OrderCreated { id: v1.id } }
+/// }
 /// ```
 ///
 /// A command-like name is rejected, with a suggestion (here: "name it `OrderCreated`"):

@@ -217,6 +217,7 @@ async fn handlers_register_and_run() {
     handler.call(&envelope, &ctx).await.expect("handled");
 
     let bad = outbox_core::Envelope::builder("OrderPlaced", "Order", "x")
+        .version(2)
         .payload("{\"order_id\":\"x\"}")
         .build();
     let ctx = EventContext::new(&bad, handler.id(), 1);
@@ -225,4 +226,5 @@ async fn handlers_register_and_run() {
         !err.is_retryable(),
         "a payload that does not decode is permanent"
     );
+    assert!(err.to_string().contains("does not deserialize"), "{err}");
 }

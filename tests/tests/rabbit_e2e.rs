@@ -186,6 +186,7 @@ async fn an_event_published_twice_is_applied_once() {
         .await
         .expect("publisher");
     let envelope = Envelope::builder("RbItemAdded", "Basket", "b-dup")
+        .version(2)
         .sequence(1)
         .payload(r#"{"basket":"b-dup","n":1}"#)
         .build();
@@ -240,6 +241,7 @@ async fn each_malformed_kind_is_dead_lettered_with_its_reason() {
     .expect("consumer");
 
     let good = Envelope::builder("RbItemAdded", "Basket", "b-1")
+        .version(2)
         .sequence(1)
         .payload(r#"{"basket":"b-1","n":1}"#)
         .build();
@@ -414,6 +416,7 @@ async fn a_failing_handler_is_retried_then_dead_lettered() {
         .await
         .expect("publisher");
     let envelope = Envelope::builder("RbItemAdded", "Basket", "b-fail")
+        .version(2)
         .sequence(1)
         .payload(r#"{"basket":"b-fail","n":1}"#)
         .build();

@@ -1,5 +1,5 @@
 //! The Inventory service: reserves the items of each new order from its own stock, or rejects
-//! the order when the stock is short.
+//! the order when the stock is short; puts reserved items back when the order is cancelled.
 
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use sea_orm::entity::prelude::*;
 use sea_orm::sea_query::ExprTrait;
 use serde::{Deserialize, Serialize};
 
-use crate::order::OrderCreated;
+use crate::order::{OrderCancelled, OrderCreated};
+use crate::payment::NotDecidedYet;
 use crate::report::{self, Step};
 
 /// The consumer group of the inventory service.
@@ -33,6 +34,15 @@ pub struct InventoryRejected {
     pub reason: String,
 }
 
+/// Reserved items went back to stock, because their order was cancelled.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "StockReleased", version = 1, topic = "ddd.compensations")]
+pub struct StockReleased {
+    pub order_id: Uuid,
+    pub sku: String,
+    pub quantity: i32,
+}
+
 /// A reservation, one per order: the aggregate of this service.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel, AggregateRoot)]
 #[sea_orm(table_name = "reservations")]
@@ -43,9 +53,11 @@ pub struct Model {
     pub order_id: Uuid,
     pub sku: String,
     pub quantity: i32,
-    /// `RESERVED` or `REJECTED`.
+    /// `RESERVED`, `REJECTED`, or `RELEASED` (reserved, then put back).
     pub status: String,
-    /// Saves so far (optimistic concurrency): 1 once decided.
+    /// Items put back (0 unless `RELEASED`).
+    pub released: i32,
+    /// Saves so far (optimistic concurrency): 1 once decided, 2 once released.
     #[aggregate(version)]
     pub version: i64,
     #[sea_orm(ignore)]
@@ -104,7 +116,8 @@ async fn reserve_items(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(
         order_id: event.order_id,
         sku: event.sku.clone(),
         quantity: event.quantity,
-        status: if taken { "RESERVED" } else { "REJECTED" }.to_owned(),
+        status: if taken { RESERVED } else { "REJECTED" }.to_owned(),
+        released: 0,
         version: 0,
         events: DomainEvents::new(),
     };
@@ -133,6 +146,48 @@ async fn reserve_items(event: &OrderCreated, ctx: &EventContext<'_>) -> Result<(
                 HandlerError::retryable(error)
             }
         })?;
+    for e in reservation.pending_events().as_slice() {
+        report::step(event.order_id, Step::new(GROUP, e.name()));
+    }
+    Ok(())
+}
+
+/// Reservation statuses.
+pub const RESERVED: &str = "RESERVED";
+pub const RELEASED: &str = "RELEASED";
+
+/// Applied once per `OrderCancelled` (the inbox): reserved items go back to stock; the stock
+/// increment, the reservation (a versioned save) and `StockReleased` commit with the inbox
+/// record, so a redelivered cancellation releases nothing twice.
+#[event_handler(group = "inventory-service")]
+async fn release_items(event: &OrderCancelled, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
+    let txn = ctx.transaction()?;
+    let Some(mut reservation) = Entity::find_by_id(event.order_id).one(txn).await? else {
+        // The cancellation overtook the order here: retried until it is reserved or rejected.
+        return Err(HandlerError::retryable(NotDecidedYet(event.order_id)));
+    };
+    if reservation.status != RESERVED {
+        return Ok(());
+    }
+    reservation.status = RELEASED.to_owned();
+    reservation.released = reservation.quantity;
+    reservation.register_event(StockReleased {
+        order_id: event.order_id,
+        sku: reservation.sku.clone(),
+        quantity: reservation.quantity,
+    });
+    stock::Entity::update_many()
+        .col_expr(
+            stock::Column::OnHand,
+            Expr::col(stock::Column::OnHand).add(i64::from(reservation.quantity)),
+        )
+        .filter(stock::Column::Sku.eq(reservation.sku.clone()))
+        .exec(txn)
+        .await?;
+    // A conflict (the row moved since it was loaded) is retried on the reloaded row.
+    let _written = save_in(txn, &reservation, &HandlerRegistry::new(), Duration::ZERO)
+        .await
+        .map_err(HandlerError::retryable)?;
     for e in reservation.pending_events().as_slice() {
         report::step(event.order_id, Step::new(GROUP, e.name()));
     }

@@ -52,7 +52,8 @@ struct Args {
     #[arg(long, env = "DDD_BROKERS")]
     brokers: Option<String>,
     /// Run the order service as two instances (concurrent replies to one order), kill and
-    /// restart the relays and a service's consumers mid-run, and inject duplicate deliveries.
+    /// restart the relays and a service's consumers mid-run, inject duplicate deliveries, and
+    /// place a few orders through an instance not upgraded yet (`OrderCreated` version 1).
     #[arg(long, env = "DDD_CHAOS")]
     chaos: bool,
     /// Seed of the generated orders (default: random); the same seed gives the same orders.
@@ -87,7 +88,19 @@ impl Planned {
     fn rejected(&self) -> bool {
         self.sku == inventory::SOLD_OUT
     }
+    /// Cancelled with its payment captured: the payment service refunds it.
+    fn refunded(&self) -> bool {
+        self.rejected() && !self.declined()
+    }
+    /// Cancelled with its items reserved: the inventory service puts them back.
+    fn released(&self) -> bool {
+        self.declined() && !self.rejected()
+    }
 }
+
+/// How many orders after each chaos round an order-service instance not upgraded yet places
+/// (`OrderCreated` version 1, read as version 2 by the consumers through its upcast).
+const V1_PER_ROUND: usize = 2;
 
 fn plan(orders: usize, seed: u64) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -242,6 +255,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     // Place the orders; in chaos mode, break things at a quarter, half and three quarters.
     let began = Instant::now();
     let mut injected: HashMap<String, usize> = HashMap::new();
+    let (mut old_instance_left, mut placed_v1) = (0usize, Vec::new());
     let chaos_at: Vec<usize> = if args.chaos {
         vec![args.orders / 4, args.orders / 2, args.orders * 3 / 4]
     } else {
@@ -249,9 +263,27 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     };
     for (i, p) in planned.iter().enumerate() {
         for (round, _) in chaos_at.iter().enumerate().filter(|(_, at)| **at == i) {
-            chaos_round(&mut world, &kafka, &start, round, &mut injected, &print).await?;
+            let v1_so_far = placed_v1.len();
+            chaos_round(
+                &mut world,
+                &kafka,
+                &start,
+                round,
+                v1_so_far,
+                &mut injected,
+                &print,
+            )
+            .await?;
+            old_instance_left = V1_PER_ROUND;
         }
-        let mut order = order::Model::place(p.customer, p.amount_cents, p.sku, p.quantity);
+        let mut order = if old_instance_left > 0 {
+            old_instance_left -= 1;
+            let order = order::Model::place_v1(p.customer, p.amount_cents, p.sku, p.quantity);
+            placed_v1.push(order.id);
+            order
+        } else {
+            order::Model::place(p.customer, p.amount_cents, p.sku, p.quantity)
+        };
         if i < FOLLOWED {
             report::follow(
                 order.id,
@@ -337,6 +369,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let summary = summarize(
         &world,
         &planned,
+        &placed_v1,
         &counters,
         elapsed,
         expected_dups,
@@ -380,6 +413,7 @@ async fn chaos_round(
     kafka: &Kafka,
     start: &HashMap<(String, i32), i64>,
     round: usize,
+    v1_so_far: usize,
     injected: &mut HashMap<String, usize>,
     print: &impl Fn(String),
 ) -> Result<(), BoxError> {
@@ -405,13 +439,19 @@ async fn chaos_round(
     let sent = kafka
         .inject_duplicates(start, &["ddd.orders", "ddd.payments"], 3)
         .await?;
-    let copies: usize = sent.values().sum();
+    let mut copies: usize = sent.values().sum();
     for (topic, n) in sent {
         *injected.entry(topic).or_default() += n;
     }
+    // Old messages replayed: the version-1 `OrderCreated`s the old instance placed so far.
+    let v1_copies = kafka.reproduce_v1(start, v1_so_far).await?;
+    *injected.entry("ddd.orders".to_owned()).or_default() += v1_copies;
+    copies += v1_copies;
     print(format!(
         "  chaos {}: aborted the 3 relays and the {group} consumer, restarted them; \
-         re-produced {copies} messages as duplicates",
+         re-produced {copies} messages as duplicates ({v1_copies} of them OrderCreated v1); \
+         the next {V1_PER_ROUND} orders come from an order-service instance not upgraded yet \
+         (OrderCreated v1)",
         round + 1
     ));
     Ok(())
@@ -438,13 +478,24 @@ async fn settled(world: &World, n: i64) -> Result<bool, BoxError> {
     if count(o, "SELECT COUNT(*) FROM outbox_delivery WHERE status = 0").await? > 0 {
         return Ok(false);
     }
-    // Late replies (the second answer to an order already cancelled) are consumed too.
-    Ok(count(o, "SELECT COUNT(*) FROM outbox_inbox").await? >= 2 * n)
+    // Late replies (the second answer to an order already cancelled) are consumed too, and
+    // every cancellation by the payment and inventory services (refunds, releases).
+    if count(o, "SELECT COUNT(*) FROM outbox_inbox").await? < 2 * n {
+        return Ok(false);
+    }
+    let cancelled = count(o, "SELECT COUNT(*) FROM orders WHERE status = 'CANCELLED'").await?;
+    for db in [&world.payment.db, &world.inventory.db] {
+        if count(db, "SELECT COUNT(*) FROM outbox_inbox").await? < n + cancelled {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 async fn summarize(
     world: &World,
     planned: &[Planned],
+    placed_v1: &[uuid::Uuid],
     counters: &Counters,
     elapsed: Duration,
     expected_dups: u64,
@@ -454,6 +505,8 @@ async fn summarize(
     let (o, p, i) = (&world.order.db, &world.payment.db, &world.inventory.db);
     let confirmed = count(o, "SELECT COUNT(*) FROM orders WHERE status = 'CONFIRMED'").await?;
     let cancelled = count(o, "SELECT COUNT(*) FROM orders WHERE status = 'CANCELLED'").await?;
+    let refunded = runtime::sum(p, "SELECT refunded_cents FROM payments").await?;
+    let released = runtime::sum(i, "SELECT released FROM reservations").await?;
     let declined = count(o, "SELECT COUNT(*) FROM orders WHERE payment = 'DECLINED'").await?;
     let rejected = count(
         o,
@@ -466,6 +519,8 @@ async fn summarize(
         .count() as i64;
     let expect_declined = planned.iter().filter(|p| p.declined()).count() as i64;
     let expect_rejected = planned.iter().filter(|p| p.rejected()).count() as i64;
+    let expect_refunds = planned.iter().filter(|p| p.refunded()).count() as i64;
+    let expect_releases = planned.iter().filter(|p| p.released()).count() as i64;
 
     let mut published = [0i64; 3];
     let mut consumed = [0i64; 3];
@@ -581,28 +636,35 @@ async fn summarize(
         ),
     ));
     checks.push(Check::new(
-        published[0] == 2 * n && published[1] == n && published[2] == n,
+        published[0] == 2 * n
+            && published[1] == n + expect_refunds
+            && published[2] == n + expect_releases,
         format!(
-            "events published: order {} (expected {}), payment {} ({n}), inventory {} ({n})",
+            "events published: order {} (expected {}), payment {} ({}: {n} + {expect_refunds} refunds), \
+             inventory {} ({}: {n} + {expect_releases} releases)",
             published[0],
             2 * n,
             published[1],
-            published[2]
+            n + expect_refunds,
+            published[2],
+            n + expect_releases
         ),
     ));
     let payments = count(p, "SELECT COUNT(*) FROM payments").await?;
     checks.push(Check::new(
-        consumed[1] == n && payments == n,
+        consumed[1] == n + cancelled && payments == n,
         format!(
-            "payment-service applied each OrderCreated once: {} inbox rows, {payments} payments, {n} orders",
+            "payment-service applied each OrderCreated and OrderCancelled once: {} inbox rows \
+             ({n} orders + {cancelled} cancelled), {payments} payments",
             consumed[1]
         ),
     ));
     let reservations = count(i, "SELECT COUNT(*) FROM reservations").await?;
     checks.push(Check::new(
-        consumed[2] == n && reservations == n,
+        consumed[2] == n + cancelled && reservations == n,
         format!(
-            "inventory-service applied each OrderCreated once: {} inbox rows, {reservations} reservations",
+            "inventory-service applied each OrderCreated and OrderCancelled once: {} inbox rows \
+             ({n} orders + {cancelled} cancelled), {reservations} reservations",
             consumed[2]
         ),
     ));
@@ -617,9 +679,12 @@ async fn summarize(
     checks.push(Check::new(
         on_hand == in_stock - reserved,
         format!(
-            "stock taken once per reservation: {on_hand} on hand = {in_stock} - {reserved} reserved"
+            "stock taken once per reservation held, given back once per release: {on_hand} on hand \
+             = {in_stock} - {reserved} still reserved"
         ),
     ));
+    compensation_checks(world, expect_refunds, expect_releases, checks).await?;
+    version_checks(world, placed_v1, checks).await?;
     checks.push(Check::new(
         consumed[0] == 2 * n,
         format!(
@@ -662,6 +727,17 @@ async fn summarize(
         published[0], published[1], published[2]
     ));
     out.push_str(&format!(
+        "  undone   {} refunded for cancelled orders, {released} items put back in stock\n",
+        report::money(refunded)
+    ));
+    if !placed_v1.is_empty() {
+        out.push_str(&format!(
+            "  versions {} orders placed by an instance not upgraded yet (OrderCreated v1), read as v2 \
+             by the payment and inventory services\n",
+            placed_v1.len()
+        ));
+    }
+    out.push_str(&format!(
         "  saves    {conflicts} order saves refused by a version conflict (another reply saved \
          the order first) and applied again\n"
     ));
@@ -671,4 +747,167 @@ async fn summarize(
         n as f64 / secs
     ));
     Ok(out)
+}
+
+/// For every cancelled order: the money captured was refunded and the items reserved were
+/// released, each once; a confirmed order keeps both.
+async fn compensation_checks(
+    world: &World,
+    expect_refunds: i64,
+    expect_releases: i64,
+    checks: &mut Vec<Check>,
+) -> Result<(), BoxError> {
+    let (o, p, i) = (&world.order.db, &world.payment.db, &world.inventory.db);
+    let status: HashMap<uuid::Uuid, String> = order::Entity::find()
+        .all(o)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m.status))
+        .collect();
+    let cancelled = |id: &uuid::Uuid| status.get(id).map(String::as_str) == Some(order::CANCELLED);
+
+    let (mut captured, mut refunded, mut wrong) = (0i64, 0i64, Vec::new());
+    for pay in payment::Entity::find().all(p).await? {
+        let took = if pay.status == "DECLINED" {
+            0
+        } else {
+            pay.amount_cents
+        };
+        let owed_back = if cancelled(&pay.order_id) { took } else { 0 };
+        if cancelled(&pay.order_id) {
+            captured += took;
+            refunded += pay.refunded_cents;
+        }
+        if pay.refunded_cents != owed_back {
+            wrong.push(format!(
+                "{}: {} taken, {} refunded",
+                report::short(pay.order_id),
+                report::money(took),
+                report::money(pay.refunded_cents)
+            ));
+        }
+    }
+    let refunds = count(
+        p,
+        "SELECT COUNT(*) FROM outbox WHERE type = 'PaymentRefunded'",
+    )
+    .await?;
+    checks.push(Check::new(
+        wrong.is_empty() && captured == refunded && refunds == expect_refunds,
+        format!(
+            "money balances for every cancelled order: {} captured = {} refunded, in {refunds} \
+             refunds (expected {expect_refunds}); confirmed orders keep theirs{}",
+            report::money(captured),
+            report::money(refunded),
+            if wrong.is_empty() {
+                String::new()
+            } else {
+                format!("; wrong: {}", wrong.join(", "))
+            }
+        ),
+    ));
+
+    let (mut reserved, mut released, mut wrong) = (0i64, 0i64, Vec::new());
+    for r in inventory::Entity::find().all(i).await? {
+        let held = if r.status == "REJECTED" {
+            0
+        } else {
+            i64::from(r.quantity)
+        };
+        let owed_back = if cancelled(&r.order_id) { held } else { 0 };
+        if cancelled(&r.order_id) {
+            reserved += held;
+            released += i64::from(r.released);
+        }
+        if i64::from(r.released) != owed_back {
+            wrong.push(format!(
+                "{}: {held} reserved, {} released",
+                report::short(r.order_id),
+                r.released
+            ));
+        }
+    }
+    let releases = count(
+        i,
+        "SELECT COUNT(*) FROM outbox WHERE type = 'StockReleased'",
+    )
+    .await?;
+    checks.push(Check::new(
+        wrong.is_empty() && reserved == released && releases == expect_releases,
+        format!(
+            "stock balances for every cancelled order: {reserved} items reserved = {released} \
+             released, in {releases} releases (expected {expect_releases}); confirmed orders keep \
+             theirs{}",
+            if wrong.is_empty() {
+                String::new()
+            } else {
+                format!("; wrong: {}", wrong.join(", "))
+            }
+        ),
+    ));
+    Ok(())
+}
+
+/// Every payment and reservation matches its order, also for the orders whose `OrderCreated`
+/// went out as version 1 (a payload without `customer_id` and `currency`: only the upcast reads
+/// it as version 2); the outbox holds exactly those as version 1.
+async fn version_checks(
+    world: &World,
+    placed_v1: &[uuid::Uuid],
+    checks: &mut Vec<Check>,
+) -> Result<(), BoxError> {
+    let (o, p, i) = (&world.order.db, &world.payment.db, &world.inventory.db);
+    let orders: HashMap<uuid::Uuid, order::Model> = order::Entity::find()
+        .all(o)
+        .await?
+        .into_iter()
+        .map(|m| (m.id, m))
+        .collect();
+    let payments: HashMap<uuid::Uuid, payment::Model> = payment::Entity::find()
+        .all(p)
+        .await?
+        .into_iter()
+        .map(|m| (m.order_id, m))
+        .collect();
+    let reservations: HashMap<uuid::Uuid, inventory::Model> = inventory::Entity::find()
+        .all(i)
+        .await?
+        .into_iter()
+        .map(|m| (m.order_id, m))
+        .collect();
+    let mut wrong = Vec::new();
+    for (id, order) in &orders {
+        let paid = payments.get(id).is_some_and(|pay| {
+            pay.customer == order.customer
+                && pay.amount_cents == order.amount_cents
+                && pay.currency == order::V1_CURRENCY
+        });
+        let held = reservations
+            .get(id)
+            .is_some_and(|r| r.sku == order.sku && r.quantity == order.quantity);
+        if !paid || !held {
+            wrong.push(report::short(*id));
+        }
+    }
+    let v1_rows = count(
+        o,
+        "SELECT COUNT(*) FROM outbox WHERE type = 'OrderCreated' AND version = 1",
+    )
+    .await?;
+    let v1_applied = placed_v1
+        .iter()
+        .filter(|id| payments.contains_key(id) && reservations.contains_key(id))
+        .count();
+    checks.push(Check::new(
+        wrong.is_empty() && v1_rows == placed_v1.len() as i64 && v1_applied == placed_v1.len(),
+        format!(
+            "every payment and reservation matches its order's OrderCreated: {} orders, {} of them \
+             sent as version 1 ({v1_rows} v1 rows in the outbox, {v1_applied} applied by both services \
+             through the upcast to v2){}",
+            orders.len(),
+            placed_v1.len(),
+            if wrong.is_empty() { String::new() } else { format!("; not: {}", wrong.join(", ")) }
+        ),
+    ));
+    Ok(())
 }

@@ -17,15 +17,53 @@ use crate::report::{self, Step};
 /// The consumer group of the order service.
 pub const GROUP: &str = "order-service";
 
-/// An order was placed: the payment and inventory services take it from here.
+/// `OrderCreated` as version 1 of the order service wrote it (no currency: every amount was in
+/// euros, and the customer field had another name). Old messages are still in the topic (a
+/// replay, a re-driven dead letter, an instance not upgraded yet); the consumers read them as
+/// version 2 through the upcast below.
 #[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
 #[event(name = "OrderCreated", version = 1, topic = "ddd.orders")]
-pub struct OrderCreated {
+pub struct OrderCreatedV1 {
     pub order_id: Uuid,
     pub customer: String,
     pub amount_cents: i64,
     pub sku: String,
     pub quantity: i32,
+}
+
+/// An order was placed: the payment and inventory services take it from here.
+///
+/// Version 2: `customer` is `customer_id`, and the amount says its currency.
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(
+    name = "OrderCreated",
+    version = 2,
+    topic = "ddd.orders",
+    upcast_from = OrderCreatedV1
+)]
+pub struct OrderCreated {
+    pub order_id: Uuid,
+    pub customer_id: String,
+    pub amount_cents: i64,
+    pub currency: String,
+    pub sku: String,
+    pub quantity: i32,
+}
+
+/// The currency of every order of version 1.
+pub const V1_CURRENCY: &str = "EUR";
+
+impl From<OrderCreatedV1> for OrderCreated {
+    fn from(v1: OrderCreatedV1) -> Self {
+        OrderCreated {
+            order_id: v1.order_id,
+            customer_id: v1.customer,
+            amount_cents: v1.amount_cents,
+            currency: V1_CURRENCY.to_owned(),
+            sku: v1.sku,
+            quantity: v1.quantity,
+        }
+    }
 }
 
 /// Payment was captured and the items are reserved: the order goes ahead.
@@ -84,9 +122,36 @@ pub const CONFIRMED: &str = "CONFIRMED";
 pub const CANCELLED: &str = "CANCELLED";
 
 impl Model {
-    /// A new order, recording `OrderCreated`.
+    /// A new order, recording `OrderCreated` (version 2).
     pub fn place(customer: &str, amount_cents: i64, sku: &str, quantity: i32) -> Self {
-        let mut order = Model {
+        let mut order = Self::new(customer, amount_cents, sku, quantity);
+        order.register_event(OrderCreated {
+            order_id: order.id,
+            customer_id: order.customer.clone(),
+            amount_cents,
+            currency: V1_CURRENCY.to_owned(),
+            sku: order.sku.clone(),
+            quantity,
+        });
+        order
+    }
+
+    /// A new order as an instance of the order service not upgraded yet places it: it records
+    /// `OrderCreated` version 1 (`--chaos` places a few this way during a rolling deploy).
+    pub fn place_v1(customer: &str, amount_cents: i64, sku: &str, quantity: i32) -> Self {
+        let mut order = Self::new(customer, amount_cents, sku, quantity);
+        order.register_event(OrderCreatedV1 {
+            order_id: order.id,
+            customer: order.customer.clone(),
+            amount_cents,
+            sku: order.sku.clone(),
+            quantity,
+        });
+        order
+    }
+
+    fn new(customer: &str, amount_cents: i64, sku: &str, quantity: i32) -> Self {
+        Model {
             id: Uuid::now_v7(),
             customer: customer.to_owned(),
             amount_cents,
@@ -98,15 +163,7 @@ impl Model {
             reason: None,
             version: 0,
             events: DomainEvents::new(),
-        };
-        order.register_event(OrderCreated {
-            order_id: order.id,
-            customer: order.customer.clone(),
-            amount_cents,
-            sku: order.sku.clone(),
-            quantity,
-        });
-        order
+        }
     }
 
     /// Records the payment service's answer, then decides if it can.

@@ -70,7 +70,9 @@ pub fn take_finished(done: impl Fn(&[Step]) -> bool, all: bool) -> Vec<String> {
         let mut text = headline.clone();
         let mut cancelled = false;
         for s in steps.iter() {
-            let late = if cancelled {
+            let late = if COMPENSATIONS.contains(&s.what.as_str()) {
+                "  (compensation: the order is cancelled)"
+            } else if cancelled {
                 "  (late: the order is cancelled already)"
             } else {
                 ""
@@ -83,13 +85,19 @@ pub fn take_finished(done: impl Fn(&[Step]) -> bool, all: bool) -> Vec<String> {
     out
 }
 
-/// Whether a flow ended: both services replied, and the order was cancelled, or confirmed and
-/// its notice sent.
+/// The events that undo a step of a cancelled order.
+const COMPENSATIONS: [&str; 2] = ["PaymentRefunded", "StockReleased"];
+
+/// Whether a flow ended: both services replied, and the order was confirmed and its notice
+/// sent, or cancelled and what was captured or reserved for it given back.
 pub fn flow_complete(steps: &[Step]) -> bool {
     let replied = |by: &str| steps.iter().any(|s| s.by == by);
+    let did = |what: &str| steps.iter().any(|s| s.what == what);
+    let compensated = (!did("PaymentCaptured") || did("PaymentRefunded"))
+        && (!did("InventoryReserved") || did("StockReleased"));
     replied(crate::payment::GROUP)
         && replied(crate::inventory::GROUP)
-        && (steps.iter().any(|s| s.what == "OrderCancelled") || replied("after commit"))
+        && ((did("OrderCancelled") && compensated) || replied("after commit"))
 }
 
 /// Cents as money: `1250` → `12.50`.

@@ -27,11 +27,12 @@ use crate::{inventory, order, payment};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The topics the example's events go to (set on the event types with `#[event(topic)]`).
-pub const TOPICS: [&str; 4] = [
+pub const TOPICS: [&str; 5] = [
     "ddd.orders",
     "ddd.payments",
     "ddd.inventory",
     "ddd.order-outcomes",
+    "ddd.compensations",
 ];
 /// Partitions per topic.
 pub const PARTITIONS: i32 = 3;
@@ -462,6 +463,40 @@ impl Kafka {
         topics: &[&str],
         per_topic: usize,
     ) -> Result<HashMap<String, usize>, BoxError> {
+        self.reproduce(start, topics, per_topic, |_| true).await
+    }
+
+    /// Chaos: re-produces up to `n` of this run's `OrderCreated` messages of version 1 (header
+    /// `event_version` = 1), as a replay of old messages would: the consumers skip them as
+    /// duplicates (the inbox keys on the event id, whatever the version). Returns how many
+    /// copies `ddd.orders` got.
+    pub async fn reproduce_v1(
+        &self,
+        start: &HashMap<(String, i32), i64>,
+        n: usize,
+    ) -> Result<usize, BoxError> {
+        let sent = self
+            .reproduce(start, &["ddd.orders"], n, |m| {
+                m.headers().is_some_and(|hs| {
+                    hs.iter().any(|h| {
+                        h.key == outbox_core::wire::EVENT_VERSION
+                            && h.value == Some(b"1".as_slice())
+                    })
+                })
+            })
+            .await?;
+        Ok(sent.values().sum())
+    }
+
+    /// Re-produces up to `per_topic` messages of this run from `topics` that `keep` accepts
+    /// (reading for at most 3 s per topic).
+    async fn reproduce(
+        &self,
+        start: &HashMap<(String, i32), i64>,
+        topics: &[&str],
+        per_topic: usize,
+        keep: impl Fn(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+    ) -> Result<HashMap<String, usize>, BoxError> {
         let reader: BaseConsumer = self.client("ddd-chaos-reader").create()?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
@@ -480,7 +515,9 @@ impl Kafka {
             let mut copies = Vec::new();
             let deadline = std::time::Instant::now() + Duration::from_secs(3);
             while copies.len() < per_topic && std::time::Instant::now() < deadline {
-                if let Some(Ok(m)) = reader.poll(Duration::from_millis(100)) {
+                if let Some(Ok(m)) = reader.poll(Duration::from_millis(100))
+                    && keep(&m)
+                {
                     let mut headers = OwnedHeaders::new();
                     if let Some(hs) = m.headers() {
                         for h in hs.iter() {

@@ -28,6 +28,19 @@ fn chaos_run_on_embedded_defaults_passes_its_checks() {
         stdout.contains("every injected duplicate was skipped"),
         "{stdout}"
     );
+    // Cancelled orders are undone, and the orders of the old (v1) instance are read as v2.
+    assert!(
+        stdout.contains("ok    money balances for every cancelled order"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok    stock balances for every cancelled order"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  versions 6 orders placed by an instance not upgraded yet"),
+        "{stdout}"
+    );
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // Quiet: no flow, no announcement.

@@ -1,17 +1,25 @@
-//! `#[event(name = "...", version = N, topic = "...", allow_non_past_tense)]`.
+//! `#[event(name = "...", version = N, topic = "...", upcast_from = Type, allow_non_past_tense)]`.
 
-use syn::{Attribute, LitInt, LitStr, Path};
+use syn::{Attribute, LitInt, LitStr, Path, Token, Type};
 
 use crate::ctxt::{self, Ctxt, Slot};
 
 const ATTR: &str = "event";
-const KEYS: &[&str] = &["name", "version", "topic", "allow_non_past_tense"];
+const KEYS: &[&str] = &[
+    "name",
+    "version",
+    "topic",
+    "upcast_from",
+    "allow_non_past_tense",
+];
 
 /// The keys of every `#[event(...)]` on the type, as written (literals keep their spans).
 pub(crate) struct EventAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) version: Option<LitInt>,
     pub(crate) topic: Option<LitStr>,
+    /// The type of the version before this one, with the key's path (for spans).
+    pub(crate) upcast_from: Option<(Path, Type)>,
     pub(crate) allow_non_past_tense: Option<Path>,
 }
 
@@ -20,6 +28,7 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> EventAttrs {
     let mut version = Slot::new(ATTR, "version");
     let mut topic = Slot::new(ATTR, "topic");
     let mut allow = Slot::new(ATTR, "allow_non_past_tense");
+    let mut upcast_from = Slot::new(ATTR, "upcast_from");
     for attr in attrs.iter().filter(|a| a.path().is_ident(ATTR)) {
         let parsed = attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
@@ -33,6 +42,17 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> EventAttrs {
             } else if meta.path.is_ident("topic") {
                 if let Some(lit) = ctxt::lit_str(cx, ATTR, &meta)? {
                     topic.set(cx, &meta.path, lit);
+                }
+            } else if meta.path.is_ident("upcast_from") {
+                if meta.input.peek(Token![=]) {
+                    let ty: Type = meta.value()?.parse()?;
+                    upcast_from.set(cx, &meta.path, (meta.path.clone(), ty));
+                } else {
+                    cx.error_spanned_by(
+                        &meta.path,
+                        "expected the type of the previous version: `#[event(upcast_from = OrderCreatedV1)]`",
+                    );
+                    ctxt::skip_value(&meta)?;
                 }
             } else if meta.path.is_ident("allow_non_past_tense") {
                 ctxt::flag(cx, ATTR, &meta)?;
@@ -51,6 +71,7 @@ pub(crate) fn parse(cx: &Ctxt, attrs: &[Attribute]) -> EventAttrs {
         name: name.get(),
         version: version.get(),
         topic: topic.get(),
+        upcast_from: upcast_from.get(),
         allow_non_past_tense: allow.get(),
     }
 }

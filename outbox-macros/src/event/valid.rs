@@ -17,6 +17,34 @@ pub(crate) fn check(cx: &Ctxt, input: &Input<'_>) {
         );
     }
     check_name(cx, input);
+    check_upcast(cx, input);
+}
+
+fn check_upcast(cx: &Ctxt, input: &Input<'_>) {
+    let Some((key, _)) = &input.attrs.upcast_from else {
+        return;
+    };
+    if !input.generics.params.is_empty() {
+        cx.error_spanned_by(
+            key,
+            "`upcast_from` is not supported on a generic event: declare the versions of an event as concrete types",
+        );
+    }
+    let version = input
+        .attrs
+        .version
+        .as_ref()
+        .and_then(|lit| lit.base10_parse::<u32>().ok());
+    if version.is_none_or(|v| v < 2) {
+        let at: &dyn ToTokens = match &input.attrs.version {
+            Some(lit) => lit,
+            None => key,
+        };
+        cx.error_spanned_by(
+            at,
+            "an event with `upcast_from` reads an older version, so its own is at least 2: set `version = N`",
+        );
+    }
 }
 
 fn check_version(cx: &Ctxt, input: &Input<'_>) {

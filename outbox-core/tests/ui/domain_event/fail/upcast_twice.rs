@@ -1,0 +1,35 @@
+use outbox_core::DomainEvent;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderCreated", version = 1)]
+struct OrderCreatedV1 {
+    id: u64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderCreated", version = 2, upcast_from = OrderCreatedV1)]
+struct OrderCreated {
+    id: u64,
+}
+
+impl From<OrderCreatedV1> for OrderCreated {
+    fn from(v1: OrderCreatedV1) -> Self {
+        OrderCreated { id: v1.id }
+    }
+}
+
+// A second version 2 upcast from version 1: which one would an old payload become?
+#[derive(Clone, Debug, Serialize, Deserialize, DomainEvent)]
+#[event(name = "OrderCreated", version = 2, upcast_from = OrderCreatedV1)]
+struct OrderCreatedAgain {
+    id: u64,
+}
+
+impl From<OrderCreatedV1> for OrderCreatedAgain {
+    fn from(v1: OrderCreatedV1) -> Self {
+        OrderCreatedAgain { id: v1.id }
+    }
+}
+
+fn main() {}
