@@ -588,10 +588,10 @@ impl GroupInbox {
     /// [`Inbox::process_batch`]; false, with nothing applied, when one names an unknown event or
     /// the transaction fails: the caller then applies them one by one with
     /// [`GroupInbox::apply`], which retries and dead-letters each on its own.
-    pub async fn apply_batch(&self, envelopes: &[Envelope], stats: &mut ApplyStats) -> bool {
+    pub async fn apply_batch(&self, envelopes: &[&Envelope], stats: &mut ApplyStats) -> bool {
         let mut keys: Vec<(String, Handler, &Envelope)> = Vec::new();
         let mut ignored = 0u64;
-        for envelope in envelopes {
+        for &envelope in envelopes {
             match self.route(envelope) {
                 Route::Handlers(handlers) => keys.extend(
                     handlers

@@ -104,6 +104,7 @@ impl Worker {
             }
         }
         let mut applied = ApplyStats::default();
+        let envelopes: Vec<&outbox_core::Envelope> = envelopes.iter().collect();
         let ok = self.inbox.apply_batch(&envelopes, &mut applied).await;
         stats.add_applied(&applied);
         ok
