@@ -47,6 +47,10 @@ pub struct ConsumerStats {
     /// Inbox transactions that applied several messages together
     /// ([`RabbitConsumerBuilder::max_batch`]).
     pub batches: u64,
+    /// Messages received and left unacknowledged: queued or being retried when their
+    /// connection was lost or the consumer stopped. The broker delivers them again (the inbox
+    /// skips what was applied).
+    pub abandoned: u64,
 }
 
 impl ConsumerStats {
@@ -541,6 +545,7 @@ impl RabbitConsumer {
             st.cancel.cancel();
             let generation = st.generation;
             let dropped = st.queues.retain(|r| r.generation != generation);
+            st.stats.abandoned += dropped as u64;
             tracing::debug!(group = %self.group, dropped, "queued messages of the lost connection dropped");
             link::close_later(link.connection);
         };
@@ -559,6 +564,7 @@ impl RabbitConsumer {
                 self.finish_run(joined, &mut st, last.as_ref()).await;
             }
         }
+        st.stats.abandoned += st.queues.queued() as u64;
         if let Some(link) = last {
             self.close(link).await;
         }
@@ -611,6 +617,7 @@ impl RabbitConsumer {
                 .into_iter()
                 .filter(|r| r.generation == generation)
                 .collect();
+            let size = messages.len();
             let worker = Arc::clone(&self.worker);
             let dead_letters = Arc::clone(&link.dead_letters);
             let cancel = st.cancel.clone();
@@ -630,7 +637,7 @@ impl RabbitConsumer {
                     stats,
                 }
             });
-            st.keys.insert(task.id(), run.keys);
+            st.keys.insert(task.id(), (run.keys, size));
         }
     }
 
@@ -653,19 +660,30 @@ impl RabbitConsumer {
                 (error.id(), None)
             }
         };
-        let Some(keys) = st.keys.remove(&task) else {
+        let Some((keys, size)) = st.keys.remove(&task) else {
             return;
         };
-        if let Some(done) = result {
-            st.stats.add(&done.stats.applied, done.stats.dead_lettered);
-            if done.generation == st.generation {
-                let acks = st.acks.done(&done.done);
-                if let Some(link) = link {
-                    self.acknowledge(link, &acks).await;
-                }
-                st.queues
-                    .give_back(done.back.into_iter().map(|r| (r.key(), r)).collect());
+        let Some(done) = result else {
+            st.stats.abandoned += size as u64;
+            for key in &keys {
+                st.queues.finished(key);
             }
+            return;
+        };
+        st.stats.add(&done.stats.applied, done.stats.dead_lettered);
+        let kept_back = if done.generation == st.generation {
+            done.back.len()
+        } else {
+            0
+        };
+        st.stats.abandoned += size.saturating_sub(done.done.len() + kept_back) as u64;
+        if done.generation == st.generation {
+            let acks = st.acks.done(&done.done);
+            if let Some(link) = link {
+                self.acknowledge(link, &acks).await;
+            }
+            st.queues
+                .give_back(done.back.into_iter().map(|r| (r.key(), r)).collect());
         }
         for key in &keys {
             st.queues.finished(key);
@@ -728,7 +746,8 @@ struct RunDone {
 struct State {
     queues: KeyQueues<Received>,
     tasks: JoinSet<RunDone>,
-    keys: HashMap<Id, Vec<Key>>,
+    /// The aggregates each run in flight applies, and its number of messages.
+    keys: HashMap<Id, (Vec<Key>, usize)>,
     acks: Acks,
     generation: u64,
     cancel: CancellationToken,

@@ -117,8 +117,8 @@ impl Worker {
 
     /// Publishes `delivery` to the dead-letter exchange with the [`dlt`] headers and waits for
     /// the broker's confirm (each try bounded by the operation timeout), retrying with the
-    /// retry policy's delays; false only once `cancel` fired (the message then stays
-    /// unacknowledged and comes again).
+    /// retry policy's delays; false only when `cancel` fired during a wait between tries (the
+    /// message then stays unacknowledged and comes again).
     async fn dead_letter(
         &self,
         channel: &Channel,
@@ -165,11 +165,8 @@ impl Worker {
                     .await?;
                 confirm.await
             });
-            let sent = tokio::select! {
-                () = cancel.cancelled() => return false,
-                sent = publish => sent,
-            };
-            match sent {
+            // Not cancelled midway: the publish is bounded, and a confirmed letter is acknowledged.
+            match publish.await {
                 Ok(Ok(Confirmation::Ack(None))) => {
                     tracing::warn!(group = %self.inbox.group(), queue = %self.queue,
                         reason = %letter.reason, error = %letter.error, "message dead-lettered");
