@@ -656,13 +656,6 @@ async fn many_aggregates_are_applied_concurrently_once_and_in_order() {
         count(&dst.db, "SELECT COUNT(DISTINCT event_id) FROM effects").await,
         total
     );
-    // Events of the same basket share ids only when published twice; the second copy was a
-    // duplicate or (as the same id) deduped in the batch.
-    assert_eq!(
-        stats.applied + stats.duplicates,
-        total as u64 + 1,
-        "{stats:?}"
-    );
     let per_aggregate: BTreeMap<String, i64> = baskets.iter().map(|b| (b.clone(), per)).collect();
     assert_in_order(&applied_order(&dst.db).await, &per_aggregate);
     let most = MAX_IN_FLIGHT.load(Ordering::SeqCst);
