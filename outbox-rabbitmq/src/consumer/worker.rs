@@ -72,12 +72,12 @@ impl Worker {
         if messages.len() > 1 {
             let envelopes: Option<Vec<&Envelope>> =
                 messages.iter().map(|m| m.decoded.as_ref().ok()).collect();
-            if let Some(envelopes) = envelopes {
-                if self.inbox.apply_batch(&envelopes, &mut stats.applied).await {
-                    return RunOutcome::Done(
-                        messages.iter().map(|m| m.delivery.delivery_tag).collect(),
-                    );
-                }
+            if let Some(envelopes) = envelopes
+                && self.inbox.apply_batch(&envelopes, &mut stats.applied).await
+            {
+                return RunOutcome::Done(
+                    messages.iter().map(|m| m.delivery.delivery_tag).collect(),
+                );
             }
         }
         if several_keys {
