@@ -18,6 +18,11 @@
 //! default passes `handler.with_timeout(..)`), fails with a retryable [`InboxError::Handler`],
 //! and its transaction is rolled back, releasing the inbox row's lock and the connection.
 //!
+//! A broker consumer does not call these directly: [`GroupInbox`] holds a consumer group's
+//! apply loop (routing an envelope to the group's handlers, [`Inbox::process`] per handler with
+//! retries, the dead-letter reason, [`Inbox::process_batch`] for several messages), shared by
+//! the Kafka and the RabbitMQ consumers; they only decode, order, dispatch and acknowledge.
+//!
 //! Inbox rows grow with every event applied; `outbox_seaorm::cleanup` deletes rows older than
 //! their retention in bounded batches. Keep the retention longer than the longest time a broker
 //! may redeliver a message (the topic's retention), or a very late duplicate is applied again.
