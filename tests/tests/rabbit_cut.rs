@@ -291,14 +291,16 @@ async fn a_cut_with_confirms_outstanding_is_republished_and_applied_once() {
         .await
         .expect("publisher");
     let outbox = outbox(&src.db);
+    // Enough events that the relay is still publishing when `rabbitmqctl` (about 1 s to start)
+    // closes its connection.
     let mut baskets: Vec<basket::Model> = (0..20)
         .map(|i| new_basket(format!("conf-{i}-{}", uuid::Uuid::now_v7())))
         .collect();
     for b in &mut baskets {
-        add_items(&outbox, b, 100, 50).await;
+        add_items(&outbox, b, 600, 200).await;
     }
     let total: i64 = baskets.iter().map(|b| b.items).sum();
-    assert_eq!(total, 2000);
+    assert_eq!(total, 12_000);
     let relay = Relay::builder(src.db.clone(), publisher)
         .retry(quick_retries())
         .build();
@@ -325,10 +327,27 @@ async fn a_cut_with_confirms_outstanding_is_republished_and_applied_once() {
         assert!(std::time::Instant::now() < deadline, "the relay started");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    cut_all_connections();
+    // Cut (each `rabbitmqctl` call takes about 1 s) until nothing is pending, at most 15 times:
+    // a cut that lands between two batches fails nothing, one during a batch fails the
+    // publishes whose confirms were outstanding.
+    for _ in 0..15 {
+        cut_all_connections();
+        if pending_count(&src.db).await.expect("pending") == 0 {
+            break;
+        }
+    }
     wait_published(&src.db, Duration::from_secs(60)).await;
     let (connection, channel) = raw(&uri).await;
-    let got = drain(&channel, &tap, 3 * total as usize, Duration::from_secs(3)).await;
+    // Read the tap queue until it is empty (every copy, duplicates included).
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while message_count(&channel, &tap).await > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the tap queue was read"
+        );
+        got.extend(drain(&channel, &tap, 500, Duration::from_millis(500)).await);
+    }
     let ids: std::collections::HashSet<&str> = got
         .iter()
         .map(|m| header(&m.delivery.properties, "event_id"))
@@ -355,6 +374,11 @@ async fn a_cut_with_confirms_outstanding_is_republished_and_applied_once() {
     let _ = stop.send(());
     let relay_stats = relay_task.await.expect("relay task").expect("relay");
     eprintln!("relay: {relay_stats:?}");
+    assert!(
+        relay_stats.failed() > 0,
+        "a cut failed publishes whose confirms were outstanding: {relay_stats:?}"
+    );
+    assert!(relay_stats.published() >= total as u64, "{relay_stats:?}");
     let dlq = consumer.dead_letter_queue().to_owned();
     delete_all(
         &uri,
