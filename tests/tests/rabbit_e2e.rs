@@ -897,3 +897,82 @@ async fn a_nacked_publish_is_not_marked_published_and_is_retried() {
     let _ = connection.close(200, "done".into()).await;
     delete_all(&uri, &[&exchange], &[&full]).await;
 }
+
+// ---- 11. shutdown is bounded: a handler still running is cancelled, its message comes again ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_leaves_unfinished_messages_in_the_queue() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::slow_consumer").await else {
+        return;
+    };
+    let exchange = unique("slow");
+    let queue = format!("{exchange}.slow");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-slow",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(slow_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let baskets: Vec<String> = (0..3)
+        .map(|i| format!("slow-{i}-{}", unique("b")))
+        .collect();
+    publish_interleaved(&publisher, &baskets, 2).await;
+    publisher.close().await;
+
+    let started = Instant::now();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(40),
+        consumer.run_until(tokio::time::sleep(Duration::from_secs(1))),
+    )
+    .await
+    .expect("run_until returned")
+    .expect("consumer ran");
+    let took = started.elapsed();
+    // 1 s of running, at most 10 s of drain, then the connection closes (bounded too).
+    assert!(
+        took < Duration::from_secs(25),
+        "shutdown did not wait for the 30 s handlers: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(10),
+        "the drain waited for the runs: {took:?}"
+    );
+    assert_eq!(stats.applied, 0, "{stats:?}");
+    assert_eq!(stats.messages, 6, "{stats:?}");
+    assert_eq!(
+        stats.abandoned, 6,
+        "nothing done, everything left: {stats:?}"
+    );
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, 0);
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM outbox_inbox").await, 0);
+    let (connection, channel) = raw(&uri).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while message_count(&channel, &queue).await < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the six messages are back in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}

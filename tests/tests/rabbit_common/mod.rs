@@ -109,6 +109,13 @@ pub async fn poison_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), Ha
     record(event, ctx).await
 }
 
+/// Takes 30 s (longer than the consumer's shutdown drain), then records the effect.
+#[event_handler(group = "rb-slow", timeout = "60s")]
+pub async fn slow_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    record(event, ctx).await
+}
+
 // ---- helpers ----
 
 /// Publishes `per` events (`n` = 1..=per) of each basket in `baskets`, interleaved (every
