@@ -130,7 +130,9 @@ struct Link {
 /// parallel and out of order; to scale out and keep order, give each consumer its own queue
 /// behind [`ExchangeType::ConsistentHashOnAggregateId`] (one aggregate always reaches one
 /// queue). A message dead-lettered after its retries is skipped: its aggregate's later events
-/// are applied after it.
+/// are applied after it. The inbox records applied events only, so a dead-lettered message
+/// whose acknowledgement a dropped connection lost comes again and is tried again: a second
+/// dead letter, or, if its handler now succeeds, applied after its aggregate's later events.
 ///
 /// Bounds: each handler run by its own timeout (`#[event_handler(timeout = "...")]`), else
 /// [`RabbitConsumerBuilder::handler_timeout`] (default 30 s), past which the attempt fails as
