@@ -7,7 +7,8 @@
 //!   ([`outbox_core::wire`]) and the CloudEvents AMQP binding's `cloudEvents:*` properties;
 //! * [`RabbitConsumer`]: runs a consumer group's `#[event_handler(group = "...")]` handlers on
 //!   the events of its queue, exactly once per event through the inbox
-//!   ([`outbox_seaorm::inbox`]), with retries and a dead-letter exchange and queue;
+//!   ([`outbox_seaorm::inbox`]), several aggregates at once and each aggregate's events in
+//!   order, with retries and a dead-letter exchange and queue;
 //! * [`properties`]: an event as AMQP properties, headers and body, and the strict decoding
 //!   back.
 //!
@@ -23,7 +24,9 @@
 //! assert_eq!(back.aggregate_id(), "o-1");
 //! ```
 //!
-//! The order a consumer can rely on is described on [`RabbitPublisher`] (*Order*).
+//! The order the publisher keeps is described on [`RabbitPublisher`] (*Order*); what a
+//! consumer applies in which order, also after a lost connection, on [`RabbitConsumer`]
+//! (*Ordering and concurrency*).
 
 mod consumer;
 mod error;

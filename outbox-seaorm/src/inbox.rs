@@ -18,6 +18,11 @@
 //! default passes `handler.with_timeout(..)`), fails with a retryable [`InboxError::Handler`],
 //! and its transaction is rolled back, releasing the inbox row's lock and the connection.
 //!
+//! A broker consumer does not call these directly: [`GroupInbox`] holds a consumer group's
+//! apply loop (routing an envelope to the group's handlers, [`Inbox::process`] per handler with
+//! retries, the dead-letter reason, [`Inbox::process_batch`] for several messages), shared by
+//! the Kafka and the RabbitMQ consumers; they only decode, order, dispatch and acknowledge.
+//!
 //! Inbox rows grow with every event applied; `outbox_seaorm::cleanup` deletes rows older than
 //! their retention in bounded batches. Keep the retention longer than the longest time a broker
 //! may redeliver a message (the topic's retention), or a very late duplicate is applied again.
@@ -36,9 +41,18 @@
 //! # Ok(()) }
 //! ```
 
-use outbox_core::{BoxError, Envelope, EventContext, Handler, HandlerError, HandlerErrorKind};
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use outbox_core::wire::MalformedMessage;
+use outbox_core::{
+    BoxError, Envelope, EventContext, EventType, Handler, HandlerError, HandlerErrorKind,
+    HandlerRegistry, RetryPolicy, error_chain,
+};
 use sea_orm::{
-    ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr, Statement,
+    TransactionTrait,
 };
 
 use crate::context::with_transaction;
@@ -306,4 +320,326 @@ fn insert_statement(backend: DbBackend, event_id: &str, consumer: &str) -> State
         sql,
         vec![event_id.into(), consumer.into(), now_micros().into()],
     )
+}
+
+// ---- a consumer group's apply loop, shared by the broker consumers ----
+
+/// Where a received event goes in a consumer group; see [`GroupInbox::route`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Route<'a> {
+    /// These handlers of the group handle it, in registration order.
+    Handlers(Vec<&'a Handler>),
+    /// Its event type is declared in this binary, but no handler of the group handles it: a
+    /// topic or queue often carries several event types, so it is skipped.
+    Ignored,
+    /// No type in this binary declares its event name: the message is malformed.
+    Unknown,
+}
+
+/// Why a message cannot be applied and goes to the dead letters; the broker consumer copies
+/// these into the [`outbox_core::wire::dlt`] headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetterReason {
+    /// `handler-failed`, `handler-permanent` or `malformed:<kind>`.
+    pub reason: String,
+    /// The error, with its chain of causes.
+    pub error: String,
+    /// Handler attempts made (0 for a malformed message).
+    pub attempts: u32,
+    /// The handler that failed, if one did.
+    pub handler: Option<&'static str>,
+}
+
+impl DeadLetterReason {
+    /// A message that did not decode, or named an unknown event: dead-lettered at once.
+    pub fn malformed(error: &MalformedMessage) -> Self {
+        DeadLetterReason {
+            reason: format!("malformed:{}", error.reason()),
+            error: error.to_string(),
+            attempts: 0,
+            handler: None,
+        }
+    }
+}
+
+/// What [`GroupInbox::apply`] did with one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Applied {
+    /// Every handler applied it (or had before), or the group ignores it: acknowledge it.
+    Done,
+    /// It cannot be applied: send it to the dead letters, then acknowledge it.
+    DeadLetter(DeadLetterReason),
+    /// The cancel future completed during a retry wait: the message is neither applied nor
+    /// dead-lettered, leave it unacknowledged.
+    Cancelled,
+}
+
+/// Counts of what a [`GroupInbox`] did; the consumers add them to their own statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApplyStats {
+    /// (message, handler) pairs applied.
+    pub applied: u64,
+    /// (message, handler) pairs skipped as already applied.
+    pub duplicates: u64,
+    /// Handler attempts that failed and were retried.
+    pub retries: u64,
+    /// Messages of a known event type that no handler of the group handles.
+    pub ignored: u64,
+    /// Inbox transactions that applied several messages together.
+    pub batches: u64,
+}
+
+/// A consumer group's handlers applied through the inbox, with retries: the part of a broker
+/// consumer that does not depend on the broker (the Kafka and RabbitMQ consumers both use it).
+///
+/// Each handler of the group for an event runs through [`Inbox::process`] with consumer key
+/// `"<group>/<handler id>"`, bounded by its own timeout, else the group's default. A failing
+/// handler is retried with the [`RetryPolicy`] and then reported for the dead letters
+/// (`handler-failed`, or `handler-permanent` at once for a permanent error); a database error
+/// is retried until it goes away or the run is cancelled: it never dead-letters.
+pub struct GroupInbox {
+    db: DatabaseConnection,
+    group: String,
+    registry: HandlerRegistry,
+    retry: RetryPolicy,
+    handler_timeout: Duration,
+}
+
+impl fmt::Debug for GroupInbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupInbox")
+            .field("group", &self.group)
+            .field("retry", &self.retry)
+            .field("handler_timeout", &self.handler_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupInbox {
+    /// The handlers of `group` in `registry`, applied through the inbox in `db`, retried with
+    /// `retry`, each bounded by its own timeout or else `handler_timeout`.
+    pub fn new(
+        db: DatabaseConnection,
+        group: impl Into<String>,
+        registry: HandlerRegistry,
+        retry: RetryPolicy,
+        handler_timeout: Duration,
+    ) -> Self {
+        GroupInbox {
+            db,
+            group: group.into(),
+            registry,
+            retry,
+            handler_timeout,
+        }
+    }
+
+    /// The consumer group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The retry policy of failing handlers.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// The timeout of handlers that set none.
+    pub fn handler_timeout(&self) -> Duration {
+        self.handler_timeout
+    }
+
+    /// Who handles `envelope` in this group. A name nobody in this binary declares is
+    /// [`Route::Unknown`] (malformed); a declared one the group does not handle is
+    /// [`Route::Ignored`].
+    pub fn route<'a>(&'a self, envelope: &'a Envelope) -> Route<'a> {
+        let handlers: Vec<&Handler> = self
+            .registry
+            .in_group(&self.group, envelope.event_name())
+            .collect();
+        if !handlers.is_empty() {
+            Route::Handlers(handlers)
+        } else if EventType::is_known(envelope.event_name()) {
+            Route::Ignored
+        } else {
+            Route::Unknown
+        }
+    }
+
+    /// `handler`, with this group's default timeout when it sets none.
+    fn bounded(&self, handler: &Handler) -> Handler {
+        handler.with_timeout(handler.timeout_or(self.handler_timeout))
+    }
+
+    fn consumer_key(&self, handler: &Handler) -> String {
+        format!("{}/{}", self.group, handler.id())
+    }
+
+    /// Applies one message, `decoded` by the broker consumer: every handler of the group, one
+    /// inbox transaction each, with retries. Stops at a retry wait when `cancel` completes.
+    pub async fn apply<F>(
+        &self,
+        decoded: Result<Envelope, MalformedMessage>,
+        cancel: F,
+        stats: &mut ApplyStats,
+    ) -> Applied
+    where
+        F: Future<Output = ()>,
+    {
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
+            Err(error) => return Applied::DeadLetter(DeadLetterReason::malformed(&error)),
+        };
+        let handlers = match self.route(&envelope) {
+            Route::Handlers(handlers) => handlers,
+            Route::Ignored => {
+                stats.ignored += 1;
+                metrics::counter!("outbox_consumer_ignored_total", "group" => self.group.clone())
+                    .increment(1);
+                tracing::debug!(group = %self.group, event = envelope.event_name(),
+                    "no handler in this group; skipped");
+                return Applied::Done;
+            }
+            Route::Unknown => {
+                return Applied::DeadLetter(DeadLetterReason::malformed(
+                    &MalformedMessage::UnknownEvent {
+                        group: self.group.clone(),
+                        event: envelope.event_name().to_owned(),
+                    },
+                ));
+            }
+        };
+        let mut cancel = std::pin::pin!(cancel);
+        for handler in handlers {
+            match self
+                .apply_handler(handler, &envelope, cancel.as_mut(), stats)
+                .await
+            {
+                Applied::Done => {}
+                other => return other,
+            }
+        }
+        Applied::Done
+    }
+
+    async fn apply_handler(
+        &self,
+        handler: &Handler,
+        envelope: &Envelope,
+        mut cancel: std::pin::Pin<&mut impl Future<Output = ()>>,
+        stats: &mut ApplyStats,
+    ) -> Applied {
+        let consumer = self.consumer_key(handler);
+        let handler = &self.bounded(handler);
+        let mut attempt: u32 = 1;
+        let mut db_failures: u32 = 0;
+        loop {
+            let delay = match Inbox::process(&self.db, &consumer, handler, envelope, attempt).await
+            {
+                Ok(Processed::Applied) => {
+                    stats.applied += 1;
+                    metrics::counter!("outbox_consumer_applied_total", "group" => self.group.clone()).increment(1);
+                    return Applied::Done;
+                }
+                Ok(_) => {
+                    stats.duplicates += 1;
+                    metrics::counter!("outbox_consumer_duplicates_total", "group" => self.group.clone()).increment(1);
+                    return Applied::Done;
+                }
+                Err(error @ InboxError::Database(_)) => {
+                    db_failures += 1;
+                    tracing::warn!(group = %self.group, event_id = %envelope.id(),
+                        error = %error_chain(&error), "inbox database error; retrying");
+                    self.retry.delay_after(db_failures.min(20))
+                }
+                Err(error) => {
+                    let permanent = !error.is_retryable();
+                    if permanent || !self.retry.should_retry(attempt) {
+                        tracing::warn!(group = %self.group, event_id = %envelope.id(),
+                            handler = handler.id(), attempt, error = %error_chain(&error),
+                            "handler failed; dead-lettering");
+                        return Applied::DeadLetter(DeadLetterReason {
+                            reason: if permanent {
+                                "handler-permanent".to_owned()
+                            } else {
+                                "handler-failed".to_owned()
+                            },
+                            error: error_chain(&error),
+                            attempts: attempt,
+                            handler: Some(handler.id()),
+                        });
+                    }
+                    tracing::info!(group = %self.group, event_id = %envelope.id(),
+                        handler = handler.id(), attempt, error = %error_chain(&error),
+                        "handler failed; retrying");
+                    stats.retries += 1;
+                    let delay = self.retry.delay_after(attempt);
+                    attempt += 1;
+                    delay
+                }
+            };
+            tokio::select! {
+                () = cancel.as_mut() => return Applied::Cancelled,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+
+    /// Applies `envelopes` (each key's in order) in one inbox transaction with
+    /// [`Inbox::process_batch`]; false, with nothing applied, when one names an unknown event or
+    /// the transaction fails: the caller then applies them one by one with
+    /// [`GroupInbox::apply`], which retries and dead-letters each on its own.
+    pub async fn apply_batch(&self, envelopes: &[&Envelope], stats: &mut ApplyStats) -> bool {
+        let mut keys: Vec<(String, Handler, &Envelope)> = Vec::new();
+        let mut ignored = 0u64;
+        for &envelope in envelopes {
+            match self.route(envelope) {
+                Route::Handlers(handlers) => keys.extend(
+                    handlers
+                        .into_iter()
+                        .map(|h| (self.consumer_key(h), self.bounded(h), envelope)),
+                ),
+                Route::Ignored => ignored += 1,
+                Route::Unknown => return false,
+            }
+        }
+        let items: Vec<BatchItem<'_>> = keys
+            .iter()
+            .map(|(consumer, handler, envelope)| BatchItem {
+                consumer,
+                handler,
+                envelope,
+            })
+            .collect();
+        match Inbox::process_batch(&self.db, &items).await {
+            Ok(outcomes) => {
+                let applied = outcomes
+                    .iter()
+                    .filter(|o| **o == Processed::Applied)
+                    .count() as u64;
+                let duplicates = outcomes.len() as u64 - applied;
+                stats.applied += applied;
+                stats.duplicates += duplicates;
+                stats.ignored += ignored;
+                stats.batches += 1;
+                let group = self.group.clone();
+                metrics::counter!("outbox_consumer_applied_total", "group" => group.clone())
+                    .increment(applied);
+                metrics::counter!("outbox_consumer_duplicates_total", "group" => group.clone())
+                    .increment(duplicates);
+                metrics::counter!("outbox_consumer_ignored_total", "group" => group)
+                    .increment(ignored);
+                true
+            }
+            Err(error) => {
+                tracing::debug!(group = %self.group, messages = envelopes.len(),
+                    error = %error_chain(&error), "batch failed; processing its messages one by one");
+                false
+            }
+        }
+    }
 }

@@ -17,7 +17,7 @@ use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use outbox_core::{Envelope, HandlerRegistry, Publisher, RetryPolicy, handler};
 use outbox_rabbitmq::{ExchangeType, RabbitConsumer, RabbitPublisher, dlt, properties};
-use outbox_seaorm::relay::Relay;
+use outbox_seaorm::relay::{Relay, pending_count};
 use outbox_tests::rabbitmq_uri;
 
 mod rabbit_common;
@@ -359,7 +359,18 @@ async fn each_malformed_kind_is_dead_lettered_with_its_reason() {
     )
     .await;
     assert_eq!(letters.len(), cases.len());
-    for ((reason, _, body), letter) in cases.iter().zip(&letters) {
+    // Messages of different aggregates (and the undecodable ones) are applied concurrently, so
+    // their letters may come in another order: each case has its own letter.
+    let mut letters: Vec<_> = letters.iter().collect();
+    for (reason, _, body) in &cases {
+        let at = letters
+            .iter()
+            .position(|l| {
+                header(&l.delivery.properties, dlt::REASON) == *reason
+                    && l.delivery.data.as_slice() == *body
+            })
+            .unwrap_or_else(|| panic!("a letter `{reason}` with its body"));
+        let letter = letters.swap_remove(at);
         let p = &letter.delivery.properties;
         assert_eq!(header(p, dlt::REASON), *reason);
         assert_eq!(header(p, dlt::ATTEMPTS), "0");
@@ -592,4 +603,379 @@ async fn a_consistent_hash_exchange_keeps_each_aggregate_in_one_queue_in_order()
     publisher.close().await;
     let queues: Vec<&str> = queues.iter().map(String::as_str).collect();
     delete_all(&uri, &[&exchange], &queues).await;
+}
+
+// ---- 8. many aggregates at concurrency 8: once each, in order per aggregate, in parallel ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_aggregates_are_applied_concurrently_once_and_in_order() {
+    use std::sync::atomic::Ordering;
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::concurrent_consumer").await else {
+        return;
+    };
+    let exchange = unique("concurrent");
+    let queue = format!("{exchange}.concurrent");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-concurrent",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(concurrent_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .concurrency(8)
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let baskets: Vec<String> = (0..40)
+        .map(|i| format!("conc-{i}-{}", unique("b")))
+        .collect();
+    let per = 25;
+    publish_interleaved(&publisher, &baskets, per).await;
+    let total = baskets.len() as i64 * per;
+
+    MAX_IN_FLIGHT.store(0, Ordering::SeqCst);
+    let stats = consume_until(
+        &consumer,
+        &dst.db,
+        "SELECT COUNT(*) FROM effects",
+        total,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(stats.messages, total as u64, "{stats:?}");
+    assert_eq!(stats.applied, total as u64, "{stats:?}");
+    assert_eq!(stats.duplicates, 0, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    assert_eq!(
+        count(&dst.db, "SELECT COUNT(DISTINCT event_id) FROM effects").await,
+        total
+    );
+    let per_aggregate: BTreeMap<String, i64> = baskets.iter().map(|b| (b.clone(), per)).collect();
+    assert_in_order(&applied_order(&dst.db).await, &per_aggregate);
+    let most = MAX_IN_FLIGHT.load(Ordering::SeqCst);
+    assert!(
+        (2..=8).contains(&most),
+        "handlers of different aggregates ran in parallel, at most 8: {most}"
+    );
+    assert!(
+        stats.batches > 0,
+        "waiting messages were batched: {stats:?}"
+    );
+    let (connection, channel) = raw(&uri).await;
+    assert_eq!(message_count(&channel, &queue).await, 0, "all acknowledged");
+    let _ = connection.close(200, "done".into()).await;
+    publisher.close().await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}
+
+// ---- 9. a poisoned aggregate holds back only itself, then is dead-lettered ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_aggregate_does_not_block_the_others_and_is_dead_lettered() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::poison_consumer").await else {
+        return;
+    };
+    let exchange = unique("poison");
+    let queue = format!("{exchange}.poison");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-poison",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(poison_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .concurrency(8)
+    .retry(
+        RetryPolicy::default()
+            .with_max_attempts(3)
+            .with_initial_delay(Duration::from_millis(400))
+            .with_max_delay(Duration::from_millis(400)),
+    )
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let poison = format!("poison-{}", unique("b"));
+    let mut baskets: Vec<String> = (0..20)
+        .map(|i| format!("good-{i}-{}", unique("b")))
+        .collect();
+    baskets.insert(3, poison.clone());
+    let per = 3;
+    publish_interleaved(&publisher, &baskets, per).await;
+    let good = (baskets.len() as i64 - 1) * per;
+
+    let (connection, channel) = raw(&uri).await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    let started = Instant::now();
+    let mut good_done = None;
+    let stats = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run_until(async {
+            // Each poisoned event takes 3 attempts 400 ms apart: 2.4 s for the three of them.
+            wait_count(
+                &dst.db,
+                "SELECT COUNT(*) FROM effects",
+                good,
+                Duration::from_secs(30),
+            )
+            .await;
+            good_done = Some((started.elapsed(), message_count(&channel, &dlq).await));
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while message_count(&channel, &dlq).await < per as u32 {
+                assert!(
+                    Instant::now() < deadline,
+                    "poisoned events not dead-lettered"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }),
+    )
+    .await
+    .expect("in time")
+    .expect("consumer ran");
+    let (elapsed, letters_then) = good_done.expect("the good baskets were applied");
+    assert!(
+        letters_then < per as u32,
+        "the other baskets were done ({elapsed:?}) before the poisoned one was dead-lettered \
+         ({letters_then} of {per} letters then)"
+    );
+    assert_eq!(stats.applied, good as u64, "{stats:?}");
+    assert_eq!(stats.dead_lettered, per as u64, "{stats:?}");
+    assert_eq!(stats.retries, 2 * per as u64, "{stats:?}");
+    let per_aggregate: BTreeMap<String, i64> = baskets
+        .iter()
+        .filter(|b| **b != poison)
+        .map(|b| (b.clone(), per))
+        .collect();
+    assert_in_order(&applied_order(&dst.db).await, &per_aggregate);
+    let letters = drain(&channel, &dlq, per as usize, Duration::from_secs(5)).await;
+    let sequences: Vec<&str> = letters
+        .iter()
+        .map(|l| header(&l.delivery.properties, "sequence"))
+        .collect();
+    assert_eq!(sequences, ["1", "2", "3"], "dead-lettered in order");
+    for letter in &letters {
+        let p = &letter.delivery.properties;
+        assert_eq!(header(p, "aggregate_id"), poison);
+        assert_eq!(header(p, dlt::REASON), "handler-failed");
+        assert_eq!(header(p, dlt::ATTEMPTS), "3");
+        assert!(header(p, dlt::ERROR).contains("poisoned basket"));
+    }
+    assert_eq!(message_count(&channel, &queue).await, 0, "all acknowledged");
+    let _ = connection.close(200, "done".into()).await;
+    publisher.close().await;
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
+}
+
+// ---- 10. a publish the broker refuses (nack) stays pending and is retried ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nacked_publish_is_not_marked_published_and_is_retried() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(src) = source_db("rabbit_e2e::nack_source").await else {
+        return;
+    };
+    let exchange = unique("nack");
+    let full = format!("{exchange}.full");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    // A queue that holds 3 messages and refuses more: the broker nacks the publishes it cannot
+    // route to it.
+    let (connection, channel) = raw(&uri).await;
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-max-length".into(), AMQPValue::LongLongInt(3));
+    arguments.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString(LongString::from("reject-publish")),
+    );
+    channel
+        .queue_declare(
+            full.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await
+        .expect("bounded queue");
+    channel
+        .queue_bind(
+            full.as_str().into(),
+            exchange.as_str().into(),
+            "#".into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind");
+
+    let outbox = outbox(&src.db);
+    let mut baskets: Vec<basket::Model> = (0..8)
+        .map(|i| new_basket(format!("nack-{i}-{}", uuid::Uuid::now_v7())))
+        .collect();
+    for b in &mut baskets {
+        add_items(&outbox, b, 1, 1).await;
+    }
+    let relay = Relay::builder(src.db.clone(), publisher)
+        .retry(
+            RetryPolicy::default()
+                .with_max_attempts(1000)
+                .with_initial_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_millis(200)),
+        )
+        .build();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay_task = tokio::spawn(async move {
+        relay
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    // Three fit; the five nacked stay pending while the queue is full.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while message_count(&channel, &full).await < 3 {
+        assert!(Instant::now() < deadline, "three messages reach the queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pending_count(&src.db).await.expect("pending"),
+        5,
+        "nacked rows are not counted as published"
+    );
+    // Room again: the relay's retries publish the rest.
+    let mut got: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pending_count(&src.db).await.expect("pending") > 0
+        || message_count(&channel, &full).await > 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the nacked rows were published on a retry"
+        );
+        for m in drain(&channel, &full, 3, Duration::from_millis(200)).await {
+            got.push(header(&m.delivery.properties, "event_id").to_owned());
+        }
+    }
+    let distinct: HashSet<&String> = got.iter().collect();
+    assert_eq!(distinct.len(), 8, "every event arrived: {got:?}");
+    let _ = stop.send(());
+    let relay_stats = relay_task.await.expect("relay task").expect("relay");
+    assert!(relay_stats.published() >= 8, "{relay_stats:?}");
+    let _ = connection.close(200, "done".into()).await;
+    delete_all(&uri, &[&exchange], &[&full]).await;
+}
+
+// ---- 11. shutdown is bounded: a handler still running is cancelled, its message comes again ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_bounded_and_leaves_unfinished_messages_in_the_queue() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::slow_consumer").await else {
+        return;
+    };
+    let exchange = unique("slow");
+    let queue = format!("{exchange}.slow");
+    let consumer = RabbitConsumer::builder(
+        &uri,
+        "rb-slow",
+        dst.db.clone(),
+        HandlerRegistry::new().with(handler!(slow_item)),
+    )
+    .exchange(&exchange)
+    .queue(&queue)
+    .build()
+    .await
+    .expect("consumer");
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+    let baskets: Vec<String> = (0..3)
+        .map(|i| format!("slow-{i}-{}", unique("b")))
+        .collect();
+    publish_interleaved(&publisher, &baskets, 2).await;
+    publisher.close().await;
+
+    let started = Instant::now();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(40),
+        consumer.run_until(tokio::time::sleep(Duration::from_secs(1))),
+    )
+    .await
+    .expect("run_until returned")
+    .expect("consumer ran");
+    let took = started.elapsed();
+    // 1 s of running, at most 10 s of drain, then the connection closes (bounded too).
+    assert!(
+        took < Duration::from_secs(25),
+        "shutdown did not wait for the 30 s handlers: {took:?}"
+    );
+    assert!(
+        took >= Duration::from_secs(10),
+        "the drain waited for the runs: {took:?}"
+    );
+    assert_eq!(stats.applied, 0, "{stats:?}");
+    assert_eq!(stats.messages, 6, "{stats:?}");
+    assert_eq!(
+        stats.abandoned, 6,
+        "nothing done, everything left: {stats:?}"
+    );
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM effects").await, 0);
+    assert_eq!(count(&dst.db, "SELECT COUNT(*) FROM outbox_inbox").await, 0);
+    let (connection, channel) = raw(&uri).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while message_count(&channel, &queue).await < 6 {
+        assert!(
+            Instant::now() < deadline,
+            "the six messages are back in the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = connection.close(200, "done".into()).await;
+    let dlq = consumer.dead_letter_queue().to_owned();
+    delete_all(
+        &uri,
+        &[&exchange, &format!("{exchange}.dlx")],
+        &[&queue, &dlq],
+    )
+    .await;
 }

@@ -16,11 +16,11 @@ use crate::report::{Report, Section, num};
 use crate::stats::median;
 use crate::{BoxResult, Opts};
 
-const GROUP: &str = "bench-consume";
+pub(crate) const GROUP: &str = "bench-consume";
 /// Keys (aggregates) the events are spread over.
-const KEYS: usize = 200;
+pub(crate) const KEYS: usize = 200;
 /// The simulated I/O of the waiting handler.
-const WAIT: Duration = Duration::from_millis(5);
+pub(crate) const WAIT: Duration = Duration::from_millis(5);
 
 /// Writes one effect row through the handler's transaction.
 async fn effect(envelope: &Envelope, ctx: &EventContext<'_>) -> Result<(), HandlerError> {
@@ -54,7 +54,7 @@ fn not_waiting<'a>(
     Box::pin(effect(envelope, ctx))
 }
 
-const WAITING: Handler = Handler::new(
+pub(crate) const WAITING: Handler = Handler::new(
     "bench::waiting",
     "OrderPlaced",
     1,
@@ -166,7 +166,7 @@ impl Kafka {
     }
 }
 
-async fn effects(db: &DatabaseConnection) -> BoxResult<i64> {
+pub(crate) async fn effects(db: &DatabaseConnection) -> BoxResult<i64> {
     let row = db
         .query_one_raw(Statement::from_string(
             db.get_database_backend(),

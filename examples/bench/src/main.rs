@@ -19,6 +19,7 @@ mod dispatch;
 mod latency;
 mod model;
 mod rabbit;
+mod rabbit_consumer;
 mod relay;
 mod report;
 mod stats;
@@ -140,6 +141,7 @@ async fn run(opts: Opts) -> BoxResult<()> {
         }
         if opts.wants("rabbit") {
             rabbit::run(&opts, &bench, &mut report).await?;
+            rabbit_consumer::run(&opts, &bench, &mut report).await?;
         }
         if std::env::var_os("BENCH_KEEP_DB").is_none() {
             bench.drop_database().await?;

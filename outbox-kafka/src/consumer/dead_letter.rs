@@ -9,17 +9,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use outbox_core::RetryPolicy;
+use outbox_seaorm::inbox::DeadLetterReason;
 
 pub use outbox_core::wire::dlt;
-
-/// Why a message goes to the dead-letter topic.
-#[derive(Debug)]
-pub(crate) struct DeadLetter {
-    pub(crate) reason: String,
-    pub(crate) error: String,
-    pub(crate) attempts: u32,
-    pub(crate) handler: Option<&'static str>,
-}
 
 /// Where dead letters go.
 pub(crate) struct DeadLetters {
@@ -35,7 +27,7 @@ impl DeadLetters {
     pub(crate) async fn send(
         &self,
         message: &OwnedMessage,
-        letter: &DeadLetter,
+        letter: &DeadLetterReason,
         retry: &RetryPolicy,
         cancel: &CancellationToken,
     ) -> bool {

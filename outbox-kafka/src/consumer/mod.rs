@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures::FutureExt;
 
 use outbox_core::{Handler, HandlerRegistry, RetryPolicy};
+use outbox_seaorm::inbox::{ApplyStats, GroupInbox};
 use rdkafka::Message;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -66,6 +67,14 @@ impl ConsumerStats {
         self.applied += other.applied;
         self.duplicates += other.duplicates;
         self.dead_lettered += other.dead_lettered;
+        self.retries += other.retries;
+        self.ignored += other.ignored;
+        self.batches += other.batches;
+    }
+
+    fn add_applied(&mut self, other: &ApplyStats) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
         self.retries += other.retries;
         self.ignored += other.ignored;
         self.batches += other.batches;
@@ -139,10 +148,10 @@ pub struct KafkaConsumer {
 impl fmt::Debug for KafkaConsumer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaConsumer")
-            .field("group", &self.worker.group)
+            .field("group", &self.worker.group())
             .field("topics", &self.topics)
-            .field("retry", &self.worker.retry)
-            .field("handler_timeout", &self.worker.handler_timeout)
+            .field("retry", self.worker.inbox.retry())
+            .field("handler_timeout", &self.worker.inbox.handler_timeout())
             .field("max_batch", &self.max_batch)
             .field("concurrency", &self.concurrency)
             .field("max_buffered", &self.max_buffered)
@@ -308,16 +317,18 @@ impl KafkaConsumerBuilder {
         consumer.subscribe(&names).map_err(SetupError::Client)?;
         tracing::info!(group = %self.group, ?topics, config = ?consumer_config, "consumer subscribed");
         let worker = Worker {
-            db: self.db,
-            registry: self.registry,
-            retry: self.retry,
-            handler_timeout: self.handler_timeout,
             dead_letters: DeadLetters {
                 producer,
                 suffix: self.dlt_suffix,
                 group: self.group.clone(),
             },
-            group: self.group,
+            inbox: GroupInbox::new(
+                self.db,
+                self.group,
+                self.registry,
+                self.retry,
+                self.handler_timeout,
+            ),
         };
         Ok(KafkaConsumer {
             consumer: Arc::new(consumer),
@@ -396,7 +407,7 @@ impl KafkaConsumer {
     }
 
     fn group(&self) -> &str {
-        &self.worker.group
+        self.worker.group()
     }
 
     /// Consumes until `shutdown` completes, then returns what was done. Call it once per

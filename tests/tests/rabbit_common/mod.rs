@@ -83,7 +83,82 @@ pub async fn failing_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), H
     )))
 }
 
+/// Handlers of `rb-concurrent` running right now, and the most seen at once.
+pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+pub static MAX_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Records the effect and takes 3 ms, counting how many run at once.
+#[event_handler(group = "rb-concurrent")]
+pub async fn concurrent_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), HandlerError> {
+    use std::sync::atomic::Ordering;
+    let now = IN_FLIGHT.fetch_add(1, Ordering::SeqCst) + 1;
+    MAX_IN_FLIGHT.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    record(event, ctx).await
+}
+
+/// Fails (retryably) for every basket whose id starts with `poison`; records the others.
+#[event_handler(group = "rb-poison")]
+pub async fn poison_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), HandlerError> {
+    if event.basket.starts_with("poison") {
+        return Err(HandlerError::retryable(std::io::Error::other(
+            "poisoned basket",
+        )));
+    }
+    record(event, ctx).await
+}
+
+/// Takes 30 s (longer than the consumer's shutdown drain), then records the effect.
+#[event_handler(group = "rb-slow", timeout = "60s")]
+pub async fn slow_item(event: &ItemAdded, ctx: &EventContext) -> Result<(), HandlerError> {
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    record(event, ctx).await
+}
+
 // ---- helpers ----
+
+/// Publishes `per` events (`n` = 1..=per) of each basket in `baskets`, interleaved (every
+/// basket's first event, then every basket's second...), in chunks of 100; every one
+/// confirmed.
+pub async fn publish_interleaved<P: outbox_core::Publisher>(
+    publisher: &P,
+    baskets: &[String],
+    per: i64,
+) {
+    let mut envelopes = Vec::new();
+    for n in 1..=per {
+        for b in baskets {
+            envelopes.push(
+                outbox_core::Envelope::builder("RbItemAdded", "Basket", b.as_str())
+                    .sequence(n)
+                    .payload(format!(r#"{{"basket":"{b}","n":{n}}}"#))
+                    .build(),
+            );
+        }
+    }
+    for chunk in envelopes.chunks(100) {
+        for result in publisher.publish(chunk).await {
+            assert!(result.is_ok(), "{result:?}");
+        }
+    }
+}
+
+/// Messages ready in `queue` (a passive declare).
+pub async fn message_count(channel: &Channel, queue: &str) -> u32 {
+    channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count()
+}
 
 pub fn unique(what: &str) -> String {
     format!("rb-{what}-{}", uuid::Uuid::now_v7().simple())
