@@ -131,6 +131,7 @@ pub async fn publish_interleaved<P: outbox_core::Publisher>(
         for b in baskets {
             envelopes.push(
                 outbox_core::Envelope::builder("RbItemAdded", "Basket", b.as_str())
+                    .version(2)
                     .sequence(n)
                     .payload(format!(r#"{{"basket":"{b}","n":{n}}}"#))
                     .build(),
