@@ -159,7 +159,7 @@ pub fn encode<'a>(envelope: &'a Envelope, source: &'a str, ce_prefix: &str) -> V
     let sequence = envelope.sequence().to_string();
     let occurred = time(envelope.occurred_at());
     let meta = envelope.metadata();
-    let ce = |name: &str| -> Cow<'static, str> { Cow::Owned(format!("{ce_prefix}{name}")) };
+    let ce = |name: &'static str| ce_name(ce_prefix, name);
     let mut pairs: Vec<Header<'a>> = Vec::with_capacity(16 + meta.extra().len());
     pairs.push((EVENT_ID.into(), id.clone().into()));
     pairs.push((EVENT_NAME.into(), envelope.event_name().into()));
@@ -193,6 +193,35 @@ pub fn encode<'a>(envelope: &'a Envelope, source: &'a str, ce_prefix: &str) -> V
         pairs.push((Cow::Owned(format!("{META_PREFIX}{k}")), v.as_str().into()));
     }
     pairs
+}
+
+/// The CloudEvents attribute `name` with the binding's prefix: a static name for the two
+/// bindings this crate knows (no allocation per message), an owned one for any other prefix.
+fn ce_name(ce_prefix: &str, name: &'static str) -> Cow<'static, str> {
+    macro_rules! known {
+        ($($attr:literal),*) => {
+            match (ce_prefix, name) {
+                $(
+                    (KAFKA_CLOUDEVENTS_PREFIX, $attr) => return Cow::Borrowed(concat!("ce_", $attr)),
+                    (AMQP_CLOUDEVENTS_PREFIX, $attr) => {
+                        return Cow::Borrowed(concat!("cloudEvents:", $attr))
+                    }
+                )*
+                _ => {}
+            }
+        };
+    }
+    known!(
+        "specversion",
+        "id",
+        "source",
+        "type",
+        "time",
+        "subject",
+        "sequence",
+        "traceparent"
+    );
+    Cow::Owned(format!("{ce_prefix}{name}"))
 }
 
 /// A header value as a message carries it.
@@ -320,4 +349,31 @@ pub fn decode<'h>(
         }
     }
     Ok(builder.metadata(meta).build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cloudevents_names_are_the_prefix_and_the_attribute() {
+        let attrs = [
+            "specversion",
+            "id",
+            "source",
+            "type",
+            "time",
+            "subject",
+            "sequence",
+            "traceparent",
+        ];
+        for prefix in [KAFKA_CLOUDEVENTS_PREFIX, AMQP_CLOUDEVENTS_PREFIX, "x-ce-"] {
+            for attr in attrs {
+                let name = ce_name(prefix, attr);
+                assert_eq!(name, format!("{prefix}{attr}"));
+                let known = prefix != "x-ce-";
+                assert_eq!(matches!(name, Cow::Borrowed(_)), known, "{prefix}{attr}");
+            }
+        }
+    }
 }

@@ -1,6 +1,6 @@
 //! [`KafkaPublisher`]: the relay's way to Kafka.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -273,10 +273,10 @@ impl KafkaPublisher {
         }
     }
 
-    fn source_for(&self, envelope: &Envelope) -> String {
+    fn source_for(&self, aggregate_type: &str) -> String {
         match &self.source {
             Some(source) => source.clone(),
-            None => format!("/outbox/{}", envelope.aggregate_type()),
+            None => format!("/outbox/{aggregate_type}"),
         }
     }
 
@@ -458,8 +458,9 @@ impl<'a> Outcomes<'a> {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
-        let topics: Vec<String> = batch.iter().map(|e| self.topic_for(e)).collect();
-        self.provision_new(&topics).await;
+        let routes = Routes::new(self, batch);
+        self.provision_new(&routes.topics).await;
+        let topic = |i: usize| routes.topics[routes.topic_of[i]].as_str();
         let producer = self.producer();
         let mut outcomes = Outcomes::new(batch);
         let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
@@ -469,11 +470,11 @@ impl Publisher for KafkaPublisher {
                 outcomes.settle(i, Err(PublishError::NotAttempted));
                 continue;
             }
-            let source = self.source_for(envelope);
-            let mut record = FutureRecord::to(&topics[i])
+            let source = routes.sources[routes.source_of[i]].as_str();
+            let mut record = FutureRecord::to(topic(i))
                 .key(envelope.aggregate_id())
                 .payload(envelope.payload())
-                .headers(headers::encode(envelope, &source))
+                .headers(headers::encode(envelope, source))
                 .timestamp(envelope.occurred_at().timestamp_millis());
             let deadline = Instant::now() + self.queue_timeout;
             let slot = loop {
@@ -486,28 +487,28 @@ impl Publisher for KafkaPublisher {
                         // Make room by waiting for the oldest message in flight.
                         match in_flight.pop_front() {
                             Some((j, delivery)) => {
-                                outcomes.settle(j, self.settle(&topics[j], delivery.await));
+                                outcomes.settle(j, self.settle(topic(j), delivery.await));
                             }
                             None => tokio::time::sleep(Duration::from_millis(10)).await,
                         }
                     }
                     Err((error, _)) => {
                         self.note(&error);
-                        break Slot::Failed(failure(&topics[i], error));
+                        break Slot::Failed(failure(topic(i), error));
                     }
                 }
             };
             match slot {
                 Slot::Sent(i, delivery) => in_flight.push_back((i, delivery)),
                 Slot::Failed(error) => {
-                    tracing::warn!(event_id = %envelope.id(), topic = %topics[i],
+                    tracing::warn!(event_id = %envelope.id(), topic = %topic(i),
                         error = %outbox_core::error_chain(&error), "could not enqueue event");
                     outcomes.settle(i, Err(error));
                 }
             }
         }
         for (i, delivery) in in_flight {
-            outcomes.settle(i, self.settle(&topics[i], delivery.await));
+            outcomes.settle(i, self.settle(topic(i), delivery.await));
         }
         outcomes.finish()
     }
@@ -530,5 +531,113 @@ impl KafkaPublisher {
             }
             Err(_) => Err(failure(topic, KafkaError::Canceled)),
         }
+    }
+}
+
+/// Where each envelope of a batch goes: its topic (an index into `topics`, which has no
+/// repeats) and its CloudEvents source (an index into `sources`). Worked out once per aggregate
+/// type and topic of the batch rather than once per event: a batch is mostly a few aggregate
+/// types, and the default topic and source are strings built from them.
+struct Routes {
+    topics: Vec<String>,
+    topic_of: Vec<usize>,
+    sources: Vec<String>,
+    source_of: Vec<usize>,
+}
+
+impl Routes {
+    fn new(publisher: &KafkaPublisher, batch: &[Envelope]) -> Routes {
+        let mut routes = Routes {
+            topics: Vec::new(),
+            topic_of: Vec::with_capacity(batch.len()),
+            sources: Vec::new(),
+            source_of: Vec::with_capacity(batch.len()),
+        };
+        let mut topic_index: HashMap<String, usize> = HashMap::new();
+        // Without a router the route depends on the aggregate type and the event's topic only.
+        let mut by_type: HashMap<(&str, Option<&str>), usize> = HashMap::new();
+        let mut source_index: HashMap<&str, usize> = HashMap::new();
+        for envelope in batch {
+            let ty = envelope.aggregate_type();
+            let key = (ty, envelope.topic());
+            let topic = match by_type.get(&key) {
+                Some(&i) if publisher.router.is_none() => i,
+                _ => {
+                    let name = publisher.topic_for(envelope);
+                    let i = index_of(&mut routes.topics, &mut topic_index, name);
+                    by_type.insert(key, i);
+                    i
+                }
+            };
+            routes.topic_of.push(topic);
+            let source = *source_index.entry(ty).or_insert_with(|| {
+                routes.sources.push(publisher.source_for(ty));
+                routes.sources.len() - 1
+            });
+            routes.source_of.push(source);
+        }
+        routes
+    }
+}
+
+/// The index of `name` in `list`, appending it the first time.
+fn index_of(list: &mut Vec<String>, index: &mut HashMap<String, usize>, name: String) -> usize {
+    if let Some(&i) = index.get(&name) {
+        return i;
+    }
+    list.push(name.clone());
+    index.insert(name, list.len() - 1);
+    list.len() - 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(aggregate_type: &str, topic: Option<&str>) -> Envelope {
+        Envelope::builder("Happened", aggregate_type, "a-1")
+            .topic(topic.map(str::to_owned))
+            .build()
+    }
+
+    fn batch() -> Vec<Envelope> {
+        vec![
+            envelope("Order", None),
+            envelope("OrderLine", None),
+            envelope("Order", Some("audit")),
+            envelope("Order", None),
+            envelope("OrderLine", None),
+        ]
+    }
+
+    /// Each envelope's route is what `topic_for` and the default source say, with no topic or
+    /// source listed twice.
+    fn check(publisher: &KafkaPublisher, batch: &[Envelope], topics: usize) {
+        let routes = Routes::new(publisher, batch);
+        for (i, e) in batch.iter().enumerate() {
+            assert_eq!(routes.topics[routes.topic_of[i]], publisher.topic_for(e));
+            assert_eq!(
+                routes.sources[routes.source_of[i]],
+                publisher.source_for(e.aggregate_type())
+            );
+        }
+        assert_eq!(routes.topics.len(), topics, "{:?}", routes.topics);
+        assert_eq!(routes.sources.len(), 2, "{:?}", routes.sources);
+    }
+
+    #[test]
+    fn routes_are_worked_out_once_per_topic() {
+        let batch = batch();
+        let plain = KafkaPublisher::builder("127.0.0.1:1")
+            .topic_prefix("shop.")
+            .build()
+            .expect("publisher");
+        check(&plain, &batch, 3);
+        // A router decides per event; equal answers still share one topic entry.
+        let routed = KafkaPublisher::builder("127.0.0.1:1")
+            .router(|e| format!("routed.{}", e.aggregate_type().to_lowercase()))
+            .build()
+            .expect("publisher");
+        check(&routed, &batch, 2);
     }
 }

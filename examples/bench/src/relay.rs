@@ -453,7 +453,16 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
     let naive_budget = (20.0 * opts.scale).max(2.0);
     let sqlite = bench.backend == Backend::Sqlite;
     // The log relays read PostgreSQL's write-ahead log: not measured on SQLite.
-    let measured = |mode: &Mode| !(sqlite && mode.backlog != Backlog::Pending);
+    // Profiling knob: `BENCH_RELAY_ONLY=raw,log-messages` runs only those contenders.
+    let only: Option<Vec<String>> = std::env::var("BENCH_RELAY_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let measured = |mode: &Mode| {
+        !(sqlite && mode.backlog != Backlog::Pending)
+            && only
+                .as_ref()
+                .is_none_or(|o| o.iter().any(|m| m == mode.name))
+    };
     let mut results: Vec<Vec<ChildResult>> = MODES.iter().map(|_| Vec::new()).collect();
     for r in 0..opts.runs {
         for (i, mode) in MODES.iter().enumerate().filter(|(_, m)| measured(m)) {
