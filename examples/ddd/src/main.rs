@@ -150,7 +150,7 @@ async fn main() -> ExitCode {
 /// The broker of the run.
 enum Bus {
     Kafka(Kafka),
-    Rabbit(Rabbit),
+    Rabbit(Box<Rabbit>),
 }
 
 /// The three services and the cluster, until the run is over.
@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         None => Store::Sqlite(runtime::fresh_dir(&args.data_dir)?),
     };
     let bus = match args.broker.clone() {
-        Some(uri) if rabbit::is_amqp(&uri) => Bus::Rabbit(Rabbit::start(&uri).await?),
+        Some(uri) if rabbit::is_amqp(&uri) => Bus::Rabbit(Box::new(Rabbit::start(&uri).await?)),
         Some(brokers) => Bus::Kafka(Kafka::start(Some(brokers))?),
         None => Bus::Kafka(Kafka::start(args.brokers.clone())?),
     };
