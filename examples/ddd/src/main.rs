@@ -169,11 +169,6 @@ impl World {
 async fn run(args: Args) -> Result<bool, BoxError> {
     let counters = Counters::install().ok_or("a metrics recorder is installed already")?;
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
-    let say = |line: String| {
-        if !args.quiet {
-            println!("{line}");
-        }
-    };
     let store = match &args.database_url {
         Some(url) => Store::Server(url.clone()),
         None => Store::Sqlite(runtime::fresh_dir(&args.data_dir)?),
@@ -183,7 +178,27 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         Some(brokers) => Bus::Kafka(Kafka::start(Some(brokers))?),
         None => Bus::Kafka(Kafka::start(args.brokers.clone())?),
     };
-    let outcome = run_on(&args, &bus, &counters, seed, store, &say).await;
+    let (stop, _) = watch::channel(false);
+    let mut world = None;
+    let outcome = {
+        let run = run_on(&args, &bus, &counters, seed, store, &mut world, &stop);
+        match bus {
+            Bus::Kafka(_) => run.await,
+            // On RabbitMQ, Ctrl-C ends the run too, so that its exchange and queues are deleted.
+            Bus::Rabbit(_) => tokio::select! {
+                outcome = run => outcome,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+            },
+        }
+    };
+    // The services are stopped already unless the run ended early (an error, Ctrl-C): stop them
+    // now, before the queues go (a running consumer would declare its queue again).
+    stop.send_replace(true);
+    if let Some(world) = world.as_mut() {
+        for service in world.services() {
+            service.join(Duration::from_secs(15)).await;
+        }
+    }
     if let Bus::Rabbit(rabbit) = bus {
         for failure in rabbit.delete().await {
             eprintln!("warning: {failure}");
@@ -192,14 +207,23 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     outcome
 }
 
+/// The run on `bus`: its services go to `slot` (so that they can be stopped when the run is cut
+/// short) and stop with `stop`.
 async fn run_on(
     args: &Args,
     bus: &Bus,
     counters: &Counters,
     seed: u64,
     store: Store,
-    say: &impl Fn(String),
+    slot: &mut Option<World>,
+    stop: &watch::Sender<bool>,
 ) -> Result<bool, BoxError> {
+    let say = |line: String| {
+        if !args.quiet {
+            println!("{line}");
+        }
+    };
+    let stopping = stop.subscribe();
     say(format!(
         "ddd example: {} orders, seed {seed}{}",
         args.orders,
@@ -243,8 +267,7 @@ async fn run_on(
     let stock = i64::try_from(args.orders.max(1) * 3).unwrap_or(i64::MAX);
     runtime::create_inventory_tables(&inventory_db, stock).await?;
 
-    let (stop, stopping) = watch::channel(false);
-    let mut world = World {
+    let world = slot.insert(World {
         order: Service::new(
             "order",
             order::GROUP,
@@ -273,7 +296,7 @@ async fn run_on(
             &wire,
             stopping.clone(),
         ),
-    };
+    });
     for service in world.services() {
         service.start();
     }
@@ -316,16 +339,7 @@ async fn run_on(
     for (i, p) in planned.iter().enumerate() {
         for (round, _) in chaos_at.iter().enumerate().filter(|(_, at)| **at == i) {
             let v1_so_far = placed_v1.len();
-            chaos_round(
-                &mut world,
-                bus,
-                &start,
-                round,
-                v1_so_far,
-                &mut injected,
-                &print,
-            )
-            .await?;
+            chaos_round(world, bus, &start, round, v1_so_far, &mut injected, &print).await?;
             old_instance_left = V1_PER_ROUND;
         }
         let mut order = if old_instance_left > 0 {
@@ -358,7 +372,7 @@ async fn run_on(
     let expected_dups = expected_duplicates(&injected);
     let deadline = began + Duration::from_secs(args.timeout_secs);
     let settled = loop {
-        let done = settled(&world, n).await?
+        let done = settled(world, n).await?
             && counters.get("outbox_consumer_duplicates_total") >= expected_dups;
         if done {
             break true;
@@ -398,11 +412,11 @@ async fn run_on(
         ));
     }
     match bus {
-        Bus::Kafka(kafka) => checks.push(kafka_check(&world, kafka, &start).await?),
-        Bus::Rabbit(rabbit) => checks.push(rabbit_check(&world, rabbit).await?),
+        Bus::Kafka(kafka) => checks.push(kafka_check(world, kafka, &start).await?),
+        Bus::Rabbit(rabbit) => checks.push(rabbit_check(world, rabbit).await?),
     }
     let summary = summarize(
-        &world,
+        world,
         &planned,
         &placed_v1,
         counters,
