@@ -12,8 +12,9 @@
 //! ```
 //!
 //! `order.rs`, `payment.rs` and `inventory.rs` hold each service's aggregate, events and
-//! handlers; `runtime.rs` the wiring; `rabbit.rs` the RabbitMQ side; `report.rs` what is printed. The run ends with self-checks
-//! against the databases and exits non-zero when one fails.
+//! handlers; `runtime.rs` the wiring; `rabbit.rs` the RabbitMQ side; `report.rs` what is
+//! printed. The run ends with self-checks against the databases and exits non-zero when one
+//! fails.
 
 // A binary: its modules are written like a service's own crate, with `pub` items.
 #![allow(unreachable_pub)]
