@@ -544,6 +544,9 @@ async fn chaos_round(
     for service in world.services() {
         service.start_relay();
     }
+    if let Bus::Rabbit(rabbit) = bus {
+        rabbit.wait_released(group).await?;
+    }
     match round % 3 {
         0 => world.payment.start_consumer(),
         1 => world.order.start_consumer(),

@@ -218,6 +218,42 @@ impl Rabbit {
         )
     }
 
+    /// Chaos: waits until the broker has dropped every consumer of `group`'s queue (at most
+    /// 10 s), so that the messages they held unacknowledged are back in the queue before a new
+    /// consumer starts: a new consumer started while an aborted one's connection is still open
+    /// receives the later messages first, and one order's `OrderCancelled` could then be
+    /// applied before its `OrderCreated`. A crashed service's host is gone the same way before
+    /// the service restarts elsewhere, or its connection is closed by the broker's heartbeat.
+    pub async fn wait_released(&self, group: &str) -> Result<(), BoxError> {
+        let queue = self.names.queue(group);
+        let deadline = Instant::now() + OPERATION;
+        loop {
+            let declared = bounded(
+                &format!("checking queue {queue}"),
+                self.channel.queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            if declared.consumer_count() == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "RabbitMQ: queue {queue} still has {} consumers {OPERATION:?} after they were aborted",
+                    declared.consumer_count()
+                )
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Chaos: re-publishes up to `per_topic` messages of this run of each of the example's
     /// `ddd.orders` and `ddd.payments` events (`OrderCreated`; `PaymentCaptured` and
     /// `PaymentDeclined`) as they are (same routing key, properties and body: the same event
