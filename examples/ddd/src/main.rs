@@ -1,5 +1,6 @@
 //! The DDD example: an order service, a payment service and an inventory service, each with its
-//! own database and its own outbox, talking only through Kafka (a choreographed saga).
+//! own database and its own outbox, talking only through Kafka or RabbitMQ (a choreographed
+//! saga).
 //!
 //! ```text
 //! cargo run --release -p ddd                      # embedded: SQLite files + mock Kafka cluster
@@ -7,11 +8,13 @@
 //! cargo run --release -p ddd -- --chaos           # kill/restart relays and consumers, duplicates
 //! cargo run --release -p ddd -- --database-url postgres://postgres@127.0.0.1:5432/test \
 //!                               --brokers 127.0.0.1:9092
+//! cargo run --release -p ddd -- --broker amqp://guest:guest@127.0.0.1:5672/%2f --chaos
 //! ```
 //!
 //! `order.rs`, `payment.rs` and `inventory.rs` hold each service's aggregate, events and
-//! handlers; `runtime.rs` the wiring; `report.rs` what is printed. The run ends with self-checks
-//! against the databases and exits non-zero when one fails.
+//! handlers; `runtime.rs` the wiring; `rabbit.rs` the RabbitMQ side; `report.rs` what is
+//! printed. The run ends with self-checks against the databases and exits non-zero when one
+//! fails.
 
 // A binary: its modules are written like a service's own crate, with `pub` items.
 #![allow(unreachable_pub)]
@@ -19,6 +22,7 @@
 mod inventory;
 mod order;
 mod payment;
+mod rabbit;
 mod report;
 mod runtime;
 
@@ -33,10 +37,12 @@ use outbox_core::{AggregateRoot, HandlerRegistry};
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::watch;
 
+use rabbit::Rabbit;
 use report::{Check, Counters};
-use runtime::{BoxError, Kafka, Service, Store, count};
+use runtime::{BoxError, Kafka, Service, Store, Wire, count};
 
-/// Order, payment and inventory services over Kafka, each with its own database and outbox.
+/// Order, payment and inventory services over Kafka or RabbitMQ, each with its own database and
+/// outbox.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -51,6 +57,11 @@ struct Args {
     /// A Kafka broker (`127.0.0.1:9092`). Default: librdkafka's in-process mock cluster.
     #[arg(long, env = "DDD_BROKERS")]
     brokers: Option<String>,
+    /// The broker: an AMQP URL (`amqp://guest:guest@127.0.0.1:5672/%2f`) runs the services over
+    /// RabbitMQ (an exchange and queues named after the run, deleted at the end); anything else
+    /// is a Kafka broker, as `--brokers`. Default: librdkafka's in-process mock cluster.
+    #[arg(long, env = "DDD_BROKER", conflicts_with = "brokers")]
+    broker: Option<String>,
     /// Run the order service as two instances (concurrent replies to one order), kill and
     /// restart the relays and a service's consumers mid-run, inject duplicate deliveries, and
     /// place a few orders through an instance not upgraded yet (`OrderCreated` version 1).
@@ -137,6 +148,12 @@ async fn main() -> ExitCode {
     }
 }
 
+/// The broker of the run.
+enum Bus {
+    Kafka(Kafka),
+    Rabbit(Box<Rabbit>),
+}
+
 /// The three services and the cluster, until the run is over.
 struct World {
     order: Service,
@@ -153,33 +170,94 @@ impl World {
 async fn run(args: Args) -> Result<bool, BoxError> {
     let counters = Counters::install().ok_or("a metrics recorder is installed already")?;
     let seed = args.seed.unwrap_or_else(|| fastrand::u64(..));
+    let store = match &args.database_url {
+        Some(url) => Store::Server(url.clone()),
+        None => Store::Sqlite(runtime::fresh_dir(&args.data_dir)?),
+    };
+    let bus = match args.broker.clone() {
+        Some(uri) if rabbit::is_amqp(&uri) => Bus::Rabbit(Box::new(Rabbit::start(&uri).await?)),
+        Some(brokers) => Bus::Kafka(Kafka::start(Some(brokers))?),
+        None => Bus::Kafka(Kafka::start(args.brokers.clone())?),
+    };
+    let (stop, _) = watch::channel(false);
+    let mut world = None;
+    let outcome = {
+        let run = run_on(&args, &bus, &counters, seed, store, &mut world, &stop);
+        match bus {
+            Bus::Kafka(_) => run.await,
+            // On RabbitMQ, Ctrl-C ends the run too, so that its exchange and queues are deleted.
+            Bus::Rabbit(_) => tokio::select! {
+                outcome = run => outcome,
+                _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+            },
+        }
+    };
+    // The services are stopped already unless the run ended early (an error, Ctrl-C): stop them
+    // now, before the queues go (a running consumer would declare its queue again).
+    stop.send_replace(true);
+    if let Some(world) = world.as_mut() {
+        for service in world.services() {
+            service.join(Duration::from_secs(15)).await;
+        }
+    }
+    if let Bus::Rabbit(rabbit) = bus {
+        for failure in rabbit.delete().await {
+            eprintln!("warning: {failure}");
+        }
+    }
+    outcome
+}
+
+/// The run on `bus`: its services go to `slot` (so that they can be stopped when the run is cut
+/// short) and stop with `stop`.
+async fn run_on(
+    args: &Args,
+    bus: &Bus,
+    counters: &Counters,
+    seed: u64,
+    store: Store,
+    slot: &mut Option<World>,
+    stop: &watch::Sender<bool>,
+) -> Result<bool, BoxError> {
     let say = |line: String| {
         if !args.quiet {
             println!("{line}");
         }
     };
-    let store = match &args.database_url {
-        Some(url) => Store::Server(url.clone()),
-        None => Store::Sqlite(runtime::fresh_dir(&args.data_dir)?),
-    };
-    let kafka = Kafka::start(args.brokers.clone())?;
+    let stopping = stop.subscribe();
     say(format!(
         "ddd example: {} orders, seed {seed}{}",
         args.orders,
         if args.chaos { ", chaos mode" } else { "" }
     ));
     say(format!("  databases: {}", store.describe()));
-    say(format!("  kafka:     {}", kafka.describe()));
-    if args.database_url.is_none() || kafka.is_mock() {
-        say("  (embedded defaults; see --database-url and --brokers for real servers)".into());
+    let mock = match bus {
+        Bus::Kafka(kafka) => {
+            say(format!("  kafka:     {}", kafka.describe()));
+            kafka.is_mock()
+        }
+        Bus::Rabbit(rabbit) => {
+            say(format!("  rabbitmq:  {}", rabbit.describe()));
+            false
+        }
+    };
+    if args.database_url.is_none() || mock {
+        say("  (embedded defaults; see --database-url and --broker for real servers)".into());
     }
 
     // Kafka: topics first (many brokers do not create them on use), and where this run starts.
-    kafka.provision().await?;
-    let start = kafka.end_offsets()?;
-    if !kafka.is_mock() {
-        kafka.skip_earlier_runs(&start);
-    }
+    // RabbitMQ: the run's exchange and queues are declared already (`Rabbit::start`).
+    let (start, wire) = match bus {
+        Bus::Kafka(kafka) => {
+            kafka.provision().await?;
+            let start = kafka.end_offsets()?;
+            if !kafka.is_mock() {
+                kafka.skip_earlier_runs(&start);
+            }
+            (start, Wire::Kafka(kafka.brokers().to_owned()))
+        }
+        Bus::Rabbit(rabbit) => (HashMap::new(), Wire::Rabbit(rabbit.names().clone())),
+    };
 
     // Each service: its own database with the outbox tables and its own tables.
     let (order_db, _) = store.open("order").await?;
@@ -190,15 +268,13 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let stock = i64::try_from(args.orders.max(1) * 3).unwrap_or(i64::MAX);
     runtime::create_inventory_tables(&inventory_db, stock).await?;
 
-    let (stop, stopping) = watch::channel(false);
-    let brokers = kafka.brokers().to_owned();
-    let mut world = World {
+    let world = slot.insert(World {
         order: Service::new(
             "order",
             order::GROUP,
             order_db.clone(),
             order::local_handlers(),
-            &brokers,
+            &wire,
             stopping.clone(),
         )
         // In chaos mode, two instances of the order service: one order's payment and inventory
@@ -210,7 +286,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             payment::GROUP,
             payment_db.clone(),
             HandlerRegistry::new(),
-            &brokers,
+            &wire,
             stopping.clone(),
         ),
         inventory: Service::new(
@@ -218,10 +294,10 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             inventory::GROUP,
             inventory_db.clone(),
             HandlerRegistry::new(),
-            &brokers,
+            &wire,
             stopping.clone(),
         ),
-    };
+    });
     for service in world.services() {
         service.start();
     }
@@ -264,16 +340,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     for (i, p) in planned.iter().enumerate() {
         for (round, _) in chaos_at.iter().enumerate().filter(|(_, at)| **at == i) {
             let v1_so_far = placed_v1.len();
-            chaos_round(
-                &mut world,
-                &kafka,
-                &start,
-                round,
-                v1_so_far,
-                &mut injected,
-                &print,
-            )
-            .await?;
+            chaos_round(world, bus, &start, round, v1_so_far, &mut injected, &print).await?;
             old_instance_left = V1_PER_ROUND;
         }
         let mut order = if old_instance_left > 0 {
@@ -306,7 +373,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     let expected_dups = expected_duplicates(&injected);
     let deadline = began + Duration::from_secs(args.timeout_secs);
     let settled = loop {
-        let done = settled(&world, n).await?
+        let done = settled(world, n).await?
             && counters.get("outbox_consumer_duplicates_total") >= expected_dups;
         if done {
             break true;
@@ -345,32 +412,15 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             ),
         ));
     }
-    // No event lost: every outbox row marked published is in its topic (read back).
-    let end = kafka.end_offsets()?;
-    let (in_topics, read) = kafka.read_event_ids(&start, &end)?;
-    let mut missing = Vec::new();
-    let mut rows = 0usize;
-    for db in [&world.order.db, &world.payment.db, &world.inventory.db] {
-        for (id, topic) in runtime::published_rows(db).await? {
-            rows += 1;
-            if !in_topics.get(&topic).is_some_and(|ids| ids.contains(&id)) {
-                missing.push(format!("{topic}/{id}"));
-            }
-        }
+    match bus {
+        Bus::Kafka(kafka) => checks.push(kafka_check(world, kafka, &start).await?),
+        Bus::Rabbit(rabbit) => checks.push(rabbit_check(world, rabbit).await?),
     }
-    checks.push(Check::new(
-        missing.is_empty(),
-        format!(
-            "every published event is in its Kafka topic: {} of {rows} found in the {read} messages of this run{}",
-            rows - missing.len(),
-            if missing.is_empty() { String::new() } else { format!("; missing: {}", missing.join(", ")) }
-        ),
-    ));
     let summary = summarize(
-        &world,
+        world,
         &planned,
         &placed_v1,
-        &counters,
+        counters,
         elapsed,
         expected_dups,
         &mut checks,
@@ -392,6 +442,68 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     Ok(ok)
 }
 
+/// No event lost: every outbox row marked published is in its topic (read back).
+async fn kafka_check(
+    world: &World,
+    kafka: &Kafka,
+    start: &HashMap<(String, i32), i64>,
+) -> Result<Check, BoxError> {
+    let end = kafka.end_offsets()?;
+    let (in_topics, read) = kafka.read_event_ids(start, &end)?;
+    let mut missing = Vec::new();
+    let mut rows = 0usize;
+    for db in [&world.order.db, &world.payment.db, &world.inventory.db] {
+        for (id, topic) in runtime::published_rows(db).await? {
+            rows += 1;
+            if !in_topics.get(&topic).is_some_and(|ids| ids.contains(&id)) {
+                missing.push(format!("{topic}/{id}"));
+            }
+        }
+    }
+    Ok(Check::new(
+        missing.is_empty(),
+        format!(
+            "every published event is in its Kafka topic: {} of {rows} found in the {read} messages of this run{}",
+            rows - missing.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing: {}", missing.join(", "))
+            }
+        ),
+    ))
+}
+
+/// No event lost: every outbox row marked published reached the exchange with its routing key
+/// (`<aggregate type>.<event name>`): the audit queue bound with `#` received it.
+async fn rabbit_check(world: &World, rabbit: &Rabbit) -> Result<Check, BoxError> {
+    let mut rows = Vec::new();
+    for db in [&world.order.db, &world.payment.db, &world.inventory.db] {
+        rows.extend(runtime::published_routes(db).await?);
+    }
+    let ids: Vec<String> = rows.iter().map(|(id, _)| id.clone()).collect();
+    let (routes, read) = rabbit.seen_routes(&ids).await;
+    let missing: Vec<String> = rows
+        .iter()
+        .filter(|(id, key)| !routes.get(id).is_some_and(|keys| keys.contains(key)))
+        .map(|(id, key)| format!("{key}/{id}"))
+        .collect();
+    Ok(Check::new(
+        missing.is_empty(),
+        format!(
+            "every published event reached the RabbitMQ exchange with its routing key: {} of {} \
+             found in the {read} messages of this run (audit queue bound with #){}",
+            rows.len() - missing.len(),
+            rows.len(),
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing: {}", missing.join(", "))
+            }
+        ),
+    ))
+}
+
 /// Updates the progress bar and prints the flows of followed orders as they complete.
 async fn monitor(db: DatabaseConnection, bar: ProgressBar, print: impl Fn(String)) {
     loop {
@@ -406,11 +518,12 @@ async fn monitor(db: DatabaseConnection, bar: ProgressBar, print: impl Fn(String
     }
 }
 
-/// One chaos round: abort every relay and one consumer (no graceful shutdown), let work pile up,
-/// restart them, and re-produce some messages of this run as duplicates.
+/// One chaos round: abort every relay and one consumer (no graceful shutdown: on RabbitMQ its
+/// connection closes and its unacknowledged messages go back to the queue), let work pile up,
+/// restart them, and re-publish some messages of this run as duplicates.
 async fn chaos_round(
     world: &mut World,
-    kafka: &Kafka,
+    bus: &Bus,
     start: &HashMap<(String, i32), i64>,
     round: usize,
     v1_so_far: usize,
@@ -431,25 +544,36 @@ async fn chaos_round(
     for service in world.services() {
         service.start_relay();
     }
+    if let Bus::Rabbit(rabbit) = bus {
+        rabbit.wait_released(group).await?;
+    }
     match round % 3 {
         0 => world.payment.start_consumer(),
         1 => world.order.start_consumer(),
         _ => world.inventory.start_consumer(),
     }
-    let sent = kafka
-        .inject_duplicates(start, &["ddd.orders", "ddd.payments"], 3)
-        .await?;
+    let sent = match bus {
+        Bus::Kafka(kafka) => {
+            kafka
+                .inject_duplicates(start, &["ddd.orders", "ddd.payments"], 3)
+                .await?
+        }
+        Bus::Rabbit(rabbit) => rabbit.inject_duplicates(3).await?,
+    };
     let mut copies: usize = sent.values().sum();
     for (topic, n) in sent {
         *injected.entry(topic).or_default() += n;
     }
     // Old messages replayed: the version-1 `OrderCreated`s the old instance placed so far.
-    let v1_copies = kafka.reproduce_v1(start, v1_so_far).await?;
+    let v1_copies = match bus {
+        Bus::Kafka(kafka) => kafka.reproduce_v1(start, v1_so_far).await?,
+        Bus::Rabbit(rabbit) => rabbit.reproduce_v1(v1_so_far).await?,
+    };
     *injected.entry("ddd.orders".to_owned()).or_default() += v1_copies;
     copies += v1_copies;
     print(format!(
         "  chaos {}: aborted the 3 relays and the {group} consumer, restarted them; \
-         re-produced {copies} messages as duplicates ({v1_copies} of them OrderCreated v1); \
+         re-published {copies} messages as duplicates ({v1_copies} of them OrderCreated v1); \
          the next {V1_PER_ROUND} orders come from an order-service instance not upgraded yet \
          (OrderCreated v1)",
         round + 1

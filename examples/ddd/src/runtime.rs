@@ -1,6 +1,7 @@
 //! The wiring: per service a database, an `Outbox`, a `Relay` with a `KafkaPublisher` and a
-//! `KafkaConsumer` for its group; the Kafka cluster (embedded mock or a real broker); and the
-//! chaos tools (kill and restart, duplicate deliveries).
+//! `KafkaConsumer` for its group (or a `RabbitPublisher` and a `RabbitConsumer`, see
+//! `rabbit.rs`); the Kafka cluster (embedded mock or a real broker); and the chaos tools (kill
+//! and restart, duplicate deliveries).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use outbox_core::{HandlerRegistry, RetryPolicy};
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, provision_topics};
+use outbox_rabbitmq::{RabbitConsumer, RabbitPublisher};
 use outbox_seaorm::{DeliveryWorker, Outbox, Relay};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
@@ -21,6 +23,7 @@ use sea_orm::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::rabbit::Names;
 use crate::{inventory, order, payment};
 
 /// Error type of the wiring: anything, with its message.
@@ -205,6 +208,31 @@ pub async fn published_rows(
             Ok((
                 r.try_get_by_index::<String>(0)?,
                 r.try_get_by_index::<Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
+        .collect()
+}
+
+/// The (event id, RabbitMQ routing key `<aggregate type>.<event name>`) of every outbox row
+/// marked published.
+pub async fn published_routes(
+    db: &DatabaseConnection,
+) -> Result<Vec<(String, String)>, sea_orm::DbErr> {
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT id, aggregatetype, type FROM outbox WHERE status = 1",
+        ))
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                r.try_get_by_index::<String>(0)?,
+                format!(
+                    "{}.{}",
+                    r.try_get_by_index::<String>(1)?,
+                    r.try_get_by_index::<String>(2)?
+                ),
             ))
         })
         .collect()
@@ -554,6 +582,15 @@ impl Kafka {
     }
 }
 
+/// The broker the services talk through.
+#[derive(Clone, Debug)]
+pub enum Wire {
+    /// Kafka at these `bootstrap.servers`.
+    Kafka(String),
+    /// RabbitMQ: the run's exchange and queues.
+    Rabbit(Names),
+}
+
 /// A service's running parts: relay, consumer and (order service) delivery worker.
 pub struct Service {
     /// `order`, `payment` or `inventory`.
@@ -564,7 +601,7 @@ pub struct Service {
     pub db: DatabaseConnection,
     /// Its outbox (saves, and the after-commit handlers it runs).
     pub outbox: Outbox,
-    brokers: String,
+    wire: Wire,
     stop: watch::Receiver<bool>,
     /// How many instances of the service consume (members of its group).
     instances: usize,
@@ -577,6 +614,28 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// Waits half a second, or less when the run stops; returns whether it stops.
+async fn pause_or_stop(stop: &watch::Receiver<bool>) -> bool {
+    let _ = tokio::time::timeout(Duration::from_millis(500), stopped(stop.clone())).await;
+    *stop.borrow()
+}
+
+/// Runs a service's relay until the run stops.
+async fn run_relay<P: outbox_core::Publisher + 'static>(
+    name: &'static str,
+    db: DatabaseConnection,
+    publisher: P,
+    stop: watch::Receiver<bool>,
+) {
+    let relay = Relay::builder(db, publisher)
+        .idle_backoff(Duration::from_millis(5), Duration::from_millis(100))
+        .instance_id(format!("{name}-relay"))
+        .build();
+    if let Err(error) = relay.run_until(stopped(stop)).await {
+        tracing::error!(service = name, %error, "relay stopped");
+    }
+}
+
 impl Service {
     /// A service on `db` with the after-commit handlers `local`; call [`Service::start`].
     pub fn new(
@@ -584,7 +643,7 @@ impl Service {
         group: &'static str,
         db: DatabaseConnection,
         local: HandlerRegistry,
-        brokers: &str,
+        wire: &Wire,
         stop: watch::Receiver<bool>,
     ) -> Service {
         let outbox = Outbox::builder(db.clone())
@@ -596,7 +655,7 @@ impl Service {
             group,
             db,
             outbox,
-            brokers: brokers.to_owned(),
+            wire: wire.clone(),
             stop,
             instances: 1,
             relay: None,
@@ -631,61 +690,112 @@ impl Service {
         }
     }
 
-    /// Starts (again) the relay: outbox → Kafka.
+    /// Starts (again) the relay: outbox → Kafka or RabbitMQ.
     pub fn start_relay(&mut self) {
         let db = self.db.clone();
-        let brokers = self.brokers.clone();
         let stop = self.stop.clone();
         let name = self.name;
-        self.relay = Some(tokio::spawn(async move {
-            let publisher = match KafkaPublisher::builder(brokers).build() {
-                Ok(p) => p,
-                Err(error) => {
-                    tracing::error!(service = name, %error, "cannot create the Kafka publisher");
-                    return;
-                }
-            };
-            let relay = Relay::builder(db, publisher)
-                .idle_backoff(Duration::from_millis(5), Duration::from_millis(100))
-                .instance_id(format!("{name}-relay"))
-                .build();
-            if let Err(error) = relay.run_until(stopped(stop)).await {
-                tracing::error!(service = name, %error, "relay stopped");
-            }
-        }));
+        let task = match self.wire.clone() {
+            Wire::Kafka(brokers) => tokio::spawn(async move {
+                let publisher = match KafkaPublisher::builder(brokers).build() {
+                    Ok(p) => p,
+                    Err(error) => {
+                        tracing::error!(service = name, %error, "cannot create the Kafka publisher");
+                        return;
+                    }
+                };
+                run_relay(name, db, publisher, stop).await;
+            }),
+            Wire::Rabbit(names) => tokio::spawn(async move {
+                // The publisher connects at build: try again until the broker answers.
+                let publisher = loop {
+                    let built = RabbitPublisher::builder(names.uri.as_str())
+                        .exchange(names.exchange.as_str())
+                        .build()
+                        .await;
+                    match built {
+                        Ok(p) => break p,
+                        Err(error) => {
+                            tracing::warn!(service = name, %error, "cannot connect the RabbitMQ publisher yet");
+                            if pause_or_stop(&stop).await {
+                                return;
+                            }
+                        }
+                    }
+                };
+                run_relay(name, db, publisher, stop).await;
+            }),
+        };
+        self.relay = Some(task);
     }
 
-    /// Starts (again) the consumers: Kafka → this service's `#[event_handler(group)]`s, one
-    /// per instance.
+    /// Starts (again) the consumers: Kafka or RabbitMQ → this service's
+    /// `#[event_handler(group)]`s, one per instance.
     pub fn start_consumer(&mut self) {
         for _ in 0..self.instances {
             let db = self.db.clone();
-            let brokers = self.brokers.clone();
             let stop = self.stop.clone();
             let group = self.group;
             let instances = self.instances;
-            self.consumers.push(tokio::spawn(async move {
-                let mut builder =
-                    KafkaConsumer::builder(brokers, group, db, HandlerRegistry::from_inventory())
-                        .set("session.timeout.ms", "6000")
-                        .set("heartbeat.interval.ms", "500")
-                        // A save refused by a conflict (another instance saved the order first)
-                        // succeeds on the next attempt: retry at once, not after a second.
-                        .retry(
-                            RetryPolicy::default().with_initial_delay(Duration::from_millis(20)),
-                        );
-                if instances > 1 {
-                    builder = builder.set("partition.assignment.strategy", "roundrobin");
-                }
-                match builder.build().await {
-                    Ok(consumer) => {
-                        if let Err(error) = consumer.run_until(stopped(stop)).await {
-                            tracing::error!(group, %error, "consumer stopped");
-                        }
+            // A save refused by a conflict (another instance saved the order first) succeeds on
+            // the next attempt: retry at once, not after a second.
+            let retry = RetryPolicy::default().with_initial_delay(Duration::from_millis(20));
+            let task = match self.wire.clone() {
+                Wire::Kafka(brokers) => tokio::spawn(async move {
+                    let mut builder = KafkaConsumer::builder(
+                        brokers,
+                        group,
+                        db,
+                        HandlerRegistry::from_inventory(),
+                    )
+                    .set("session.timeout.ms", "6000")
+                    .set("heartbeat.interval.ms", "500")
+                    .retry(retry);
+                    if instances > 1 {
+                        builder = builder.set("partition.assignment.strategy", "roundrobin");
                     }
-                    Err(error) => tracing::error!(group, %error, "cannot start the consumer"),
-                }
-            }));
+                    match builder.build().await {
+                        Ok(consumer) => {
+                            if let Err(error) = consumer.run_until(stopped(stop)).await {
+                                tracing::error!(group, %error, "consumer stopped");
+                            }
+                        }
+                        Err(error) => tracing::error!(group, %error, "cannot start the consumer"),
+                    }
+                }),
+                // Each instance consumes the service's queue: with two, they compete for its
+                // messages, so one order's payment and inventory replies can be applied at once.
+                Wire::Rabbit(names) => tokio::spawn(async move {
+                    let consumer = loop {
+                        let built = RabbitConsumer::builder(
+                            names.uri.as_str(),
+                            group,
+                            db.clone(),
+                            HandlerRegistry::from_inventory(),
+                        )
+                        .exchange(names.exchange.as_str())
+                        .queue(names.queue(group))
+                        .retry(retry.clone())
+                        // Below the database pool's 8 connections, also with two instances.
+                        .concurrency(4)
+                        .build()
+                        .await;
+                        match built {
+                            Ok(c) => break c,
+                            Err(error) => {
+                                tracing::warn!(group, %error, "cannot start the RabbitMQ consumer yet");
+                                if pause_or_stop(&stop).await {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    if let Err(error) = consumer.run_until(stopped(stop)).await {
+                        tracing::error!(group, %error, "consumer stopped");
+                    }
+                }),
+            };
+            self.consumers.push(task);
         }
     }
 
