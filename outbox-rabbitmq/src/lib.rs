@@ -36,6 +36,6 @@ mod publisher;
 
 pub use consumer::{ConsumerStats, RabbitConsumer, RabbitConsumerBuilder};
 pub use error::{DeliveryError, SetupError};
-pub use link::ExchangeType;
+pub use link::{ExchangeType, SINGLE_ACTIVE_CONSUMER};
 pub use outbox_core::wire::{MalformedMessage, dlt};
 pub use publisher::{RabbitPublisher, RabbitPublisherBuilder, default_routing_key};

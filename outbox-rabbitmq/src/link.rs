@@ -126,12 +126,25 @@ pub(crate) async fn declare_exchange(
         })
 }
 
-/// Declares durable queue `spec.queue` and binds it to `exchange` with each of its keys.
+/// The queue argument that lets one consumer of a queue receive at a time (RabbitMQ's single
+/// active consumer): the others stand by, and the broker hands the queue to one of them, the
+/// unacknowledged messages first, only once the active one's channel is gone. Without it two
+/// consumers of a queue (a restarted instance while the old connection lingers, or two
+/// instances of a service) would each apply part of an aggregate's events, out of order.
+pub const SINGLE_ACTIVE_CONSUMER: &str = "x-single-active-consumer";
+
+/// Declares durable queue `spec.queue` (with [`SINGLE_ACTIVE_CONSUMER`]) and binds it to
+/// `exchange` with each of its keys.
 pub(crate) async fn declare_queue(
     channel: &Channel,
     exchange: &str,
     spec: &QueueSpec,
 ) -> Result<(), SetupError> {
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        SINGLE_ACTIVE_CONSUMER.into(),
+        lapin::types::AMQPValue::Boolean(true),
+    );
     channel
         .queue_declare(
             spec.queue.as_str().into(),
@@ -139,7 +152,7 @@ pub(crate) async fn declare_queue(
                 durable: true,
                 ..QueueDeclareOptions::default()
             },
-            FieldTable::default(),
+            arguments,
         )
         .await
         .map_err(|source| SetupError::Declare {

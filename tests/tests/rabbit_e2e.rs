@@ -979,3 +979,103 @@ async fn shutdown_is_bounded_and_leaves_unfinished_messages_in_the_queue() {
     )
     .await;
 }
+
+// ---- two consumers of one queue: one active at a time, the order kept across the handover ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_consumers_of_a_queue_take_turns_and_keep_the_order() {
+    let Some(uri) = rabbitmq_uri() else {
+        return;
+    };
+    let Some(dst) = consumer_db("rabbit_e2e::two_consumers").await else {
+        return;
+    };
+    let exchange = unique("turns");
+    let queue = format!("{exchange}.applied");
+    let mut consumers = Vec::new();
+    for _ in 0..2 {
+        consumers.push(
+            RabbitConsumer::builder(
+                &uri,
+                "rb-applied",
+                dst.db.clone(),
+                HandlerRegistry::new().with(handler!(applied_item)),
+            )
+            .exchange(&exchange)
+            .queue(&queue)
+            .build()
+            .await
+            .expect("consumer"),
+        );
+    }
+    let publisher = RabbitPublisher::builder(&uri)
+        .exchange(&exchange)
+        .build()
+        .await
+        .expect("publisher");
+
+    // Both consume the queue from the start, each until told to stop.
+    let mut stops = Vec::new();
+    let mut runs = Vec::new();
+    for consumer in consumers {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        runs.push(tokio::spawn(async move {
+            consumer
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }));
+    }
+    let per = 20;
+    let first: Vec<String> = (0..15).map(|i| format!("t1-{i}-{}", unique("b"))).collect();
+    publish_interleaved(&publisher, &first, per).await;
+    let total_first = first.len() as i64 * per;
+    let sql = "SELECT COUNT(*) FROM effects";
+    wait_count(&dst.db, sql, total_first, Duration::from_secs(60)).await;
+
+    // The first consumer leaves; the other one, active or standing by, carries on.
+    let mut stops = stops.into_iter();
+    let _ = stops.next().expect("first stop").send(());
+    let mut runs = runs.into_iter();
+    let first_stats = tokio::time::timeout(Duration::from_secs(30), runs.next().expect("run"))
+        .await
+        .expect("the first consumer stops within its drain")
+        .expect("task")
+        .expect("first consumer ran");
+    let second: Vec<String> = (0..15).map(|i| format!("t2-{i}-{}", unique("b"))).collect();
+    publish_interleaved(&publisher, &second, per).await;
+    let total = total_first + second.len() as i64 * per;
+    wait_count(&dst.db, sql, total, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stops.next().expect("second stop").send(());
+    let second_stats = tokio::time::timeout(Duration::from_secs(30), runs.next().expect("run"))
+        .await
+        .expect("the second consumer stops within its drain")
+        .expect("task")
+        .expect("second consumer ran");
+    publisher.close().await;
+    delete_all(&uri, &[&exchange], &[&queue]).await;
+
+    // One consumer at a time: the first one applied all of round one or none of it.
+    assert!(
+        first_stats.applied == 0 || first_stats.applied == total_first as u64,
+        "the queue was shared between active consumers: {first_stats:?} / {second_stats:?}"
+    );
+    assert_eq!(
+        first_stats.applied + second_stats.applied,
+        total as u64,
+        "{first_stats:?} / {second_stats:?}"
+    );
+    assert_eq!(
+        count(&dst.db, "SELECT COUNT(DISTINCT event_id) FROM effects").await,
+        total
+    );
+    let per_aggregate: BTreeMap<String, i64> = first
+        .iter()
+        .chain(&second)
+        .map(|b| (b.clone(), per))
+        .collect();
+    assert_in_order(&applied_order(&dst.db).await, &per_aggregate);
+}

@@ -125,11 +125,12 @@ struct Link {
 /// retry wait (an aggregate with a run in flight takes no new message until that run ended),
 /// and the messages come again in queue order: those applied before are skipped by the inbox,
 /// so each event is applied once and no later event of an aggregate overtakes an earlier one.
-/// The inbox itself does not check sequences: it dedupes by event id only. So several
-/// consumers on one queue (competing consumers, round-robin) apply one aggregate's events in
-/// parallel and out of order; to scale out and keep order, give each consumer its own queue
-/// behind [`ExchangeType::ConsistentHashOnAggregateId`] (one aggregate always reaches one
-/// queue). A message dead-lettered after its retries is skipped: its aggregate's later events
+/// The inbox itself does not check sequences: it dedupes by event id only. So the queues the
+/// consumer declares have [`crate::SINGLE_ACTIVE_CONSUMER`]: several consumers of one queue
+/// (instances of a service, a restart while the old connection lingers) take turns, never
+/// share it, and the next one starts with the unacknowledged messages of the last. To scale out
+/// and keep order, give each consumer its own queue behind
+/// [`ExchangeType::ConsistentHashOnAggregateId`] (one aggregate always reaches one queue). A message dead-lettered after its retries is skipped: its aggregate's later events
 /// are applied after it. The inbox records applied events only, so a dead-lettered message
 /// whose acknowledgement a dropped connection lost comes again and is tried again: a second
 /// dead letter, or, if its handler now succeeds, applied after its aggregate's later events.
