@@ -44,3 +44,10 @@ python3 scripts/kafka_check.py "$check_topic" --brokers "$OUTBOX_TEST_KAFKA_BROK
 psql -h 127.0.0.1 -U postgres -d postgres -qtAc \
   "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
    WHERE NOT active AND slot_name LIKE 'obx\_%'" >/dev/null
+
+# The RabbitMQ tests name their queues per run (`rb-<what>-<uuid>…`) and leave some of them, dead-letter
+# queues mostly; delete those left idle so repeated runs on one broker do not pile up messages.
+if command -v rabbitmqctl >/dev/null 2>&1; then
+  rabbitmqctl -q list_queues name consumers 2>/dev/null | awk '$1 ~ /^rb-/ && $2 == 0 {print $1}' |
+    while read -r queue; do rabbitmqctl -q delete_queue "$queue" </dev/null >/dev/null 2>&1 || true; done
+fi
