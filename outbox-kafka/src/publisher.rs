@@ -559,15 +559,14 @@ impl Routes {
         let mut source_index: HashMap<&str, usize> = HashMap::new();
         for envelope in batch {
             let ty = envelope.aggregate_type();
-            let key = (ty, envelope.topic());
-            let topic = match by_type.get(&key) {
-                Some(&i) if publisher.router.is_none() => i,
-                _ => {
-                    let name = publisher.topic_for(envelope);
-                    let i = index_of(&mut routes.topics, &mut topic_index, name);
-                    by_type.insert(key, i);
-                    i
-                }
+            let mut route = || {
+                let name = publisher.topic_for(envelope);
+                index_of(&mut routes.topics, &mut topic_index, name)
+            };
+            let topic = if publisher.router.is_some() {
+                route()
+            } else {
+                *by_type.entry((ty, envelope.topic())).or_insert_with(route)
             };
             routes.topic_of.push(topic);
             let source = *source_index.entry(ty).or_insert_with(|| {

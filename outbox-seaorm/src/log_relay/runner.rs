@@ -93,7 +93,7 @@ impl LogRelay {
                 sweep_age: Duration::from_secs(60),
                 setup_timeout: DEFAULT_SETUP_TIMEOUT,
             },
-            publisher: traced(publisher),
+            publisher: crate::relay::traced(publisher),
         }
     }
 
@@ -321,13 +321,4 @@ async fn connect(url: &str) -> Result<DatabaseConnection, LogRelayError> {
         .acquire_timeout(Duration::from_secs(30))
         .sqlx_logging(false);
     Ok(Database::connect(options).await?)
-}
-
-/// The publisher the relay uses: with the `opentelemetry` feature each envelope is published
-/// in an `outbox.publish` span that joins the trace the event was saved in.
-fn traced(publisher: impl Publisher + 'static) -> Arc<dyn Publisher> {
-    #[cfg(feature = "opentelemetry")]
-    return Arc::new(outbox_core::trace::TracedPublisher::new(publisher));
-    #[cfg(not(feature = "opentelemetry"))]
-    Arc::new(publisher)
 }

@@ -615,9 +615,9 @@ impl Relay {
     }
 }
 
-/// The publisher the relay uses: with the `opentelemetry` feature each envelope is published
-/// in an `outbox.publish` span that joins the trace the event was saved in.
-fn traced(publisher: impl Publisher + 'static) -> Arc<dyn Publisher> {
+/// The publisher a relay (table or log) uses: with the `opentelemetry` feature each envelope is
+/// published in an `outbox.publish` span that joins the trace the event was saved in.
+pub(crate) fn traced(publisher: impl Publisher + 'static) -> Arc<dyn Publisher> {
     #[cfg(feature = "opentelemetry")]
     return Arc::new(outbox_core::trace::TracedPublisher::new(publisher));
     #[cfg(not(feature = "opentelemetry"))]
