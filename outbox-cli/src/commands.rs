@@ -500,6 +500,24 @@ pub(crate) struct CleanupArgs {
     older_than: Duration,
 }
 
+/// The longest a command (or one batch of `outbox cleanup`) waits for the database: a statement
+/// that waits on a lock held elsewhere fails then instead of hanging; its transaction is rolled
+/// back.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs `run`, a failure at run time once `limit` passed.
+pub(crate) async fn within<T>(
+    limit: Duration,
+    run: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::time::timeout(limit, run).await.unwrap_or_else(|_| {
+        Err(Failure::Runtime(format!(
+            "the database did not answer within {} s; nothing was changed",
+            limit.as_secs()
+        )))
+    })
+}
+
 /// Runs `outbox cleanup`: batches until nothing older is left.
 pub(crate) async fn cleanup(args: CleanupArgs) -> Result<(), Failure> {
     let db = args.db.connect().await?;
@@ -509,10 +527,13 @@ pub(crate) async fn cleanup(args: CleanupArgs) -> Result<(), Failure> {
         .build();
     let (mut outbox, mut deliveries, mut inbox) = (0, 0, 0);
     loop {
-        let report = cleanup
-            .run_once()
-            .await
-            .map_err(|e| Failure::Runtime(error_chain(&e)))?;
+        let batch = async {
+            cleanup
+                .run_once()
+                .await
+                .map_err(|e| Failure::Runtime(error_chain(&e)))
+        };
+        let report = within(COMMAND_TIMEOUT, batch).await?;
         outbox += report.outbox();
         deliveries += report.deliveries();
         inbox += report.inbox();

@@ -100,14 +100,20 @@ pub fn main_outbox() -> ExitCode {
         command => {
             init_tracing("warn");
             block_on(async move {
+                use commands::{COMMAND_TIMEOUT, within};
                 let outcome = match command {
                     // Taken by the arm above.
                     Command::Relay(args) => return relay::run(args).await,
-                    Command::Status(args) => commands::status(args).await,
-                    Command::Dead { command } => commands::dead(command).await,
-                    Command::Replay(args) => commands::replay(args).await,
+                    Command::Status(args) => within(COMMAND_TIMEOUT, commands::status(args)).await,
+                    Command::Dead { command } => {
+                        within(COMMAND_TIMEOUT, commands::dead(command)).await
+                    }
+                    Command::Replay(args) => within(COMMAND_TIMEOUT, commands::replay(args)).await,
+                    // Bounded per batch: a large cleanup may take longer in all.
                     Command::Cleanup(args) => commands::cleanup(args).await,
-                    Command::Migrate(args) => commands::migrate(args).await,
+                    Command::Migrate(args) => {
+                        within(COMMAND_TIMEOUT, commands::migrate(args)).await
+                    }
                 };
                 match outcome {
                     Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,9 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::log_relay::{DEFAULT_SLOT, slot_status};
+
+/// The longest `status` waits for the slot's row, as the log relay does.
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 use crate::sql::{execute, query, scalar};
 use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros, to_micros};
@@ -226,7 +229,10 @@ pub async fn status(db: &DatabaseConnection, slot: Option<&str>) -> Result<Statu
         (None, false) => None,
         (asked, true) => {
             let name = asked.unwrap_or(DEFAULT_SLOT);
-            match slot_status(db, name).await? {
+            let looked_up = tokio::time::timeout(SLOT_TIMEOUT, slot_status(db, name))
+                .await
+                .map_err(|_| DbErr::Custom(format!("slot `{name}`: no answer within 10 s")))?;
+            match looked_up? {
                 Some(s) => Some(SlotLag {
                     slot: s.name,
                     active: s.active,
