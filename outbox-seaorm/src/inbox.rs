@@ -327,7 +327,7 @@ fn insert_statement(backend: DbBackend, event_id: &str, consumer: &str) -> State
 /// Where a received event goes in a consumer group; see [`GroupInbox::route`].
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Route<'a> {
+enum Route<'a> {
     /// These handlers of the group handle it, in registration order.
     Handlers(Vec<&'a Handler>),
     /// Its event type is declared in this binary, but no handler of the group handles it: a
@@ -354,7 +354,7 @@ pub struct DeadLetterReason {
 
 impl DeadLetterReason {
     /// A message that did not decode, or named an unknown event: dead-lettered at once.
-    pub fn malformed(error: &MalformedMessage) -> Self {
+    pub(crate) fn malformed(error: &MalformedMessage) -> Self {
         DeadLetterReason {
             reason: format!("malformed:{}", error.reason()),
             error: error.to_string(),
@@ -456,7 +456,7 @@ impl GroupInbox {
     /// Who handles `envelope` in this group. A name nobody in this binary declares is
     /// [`Route::Unknown`] (malformed); a declared one the group does not handle is
     /// [`Route::Ignored`].
-    pub fn route<'a>(&'a self, envelope: &'a Envelope) -> Route<'a> {
+    fn route<'a>(&'a self, envelope: &'a Envelope) -> Route<'a> {
         let handlers: Vec<&Handler> = self
             .registry
             .in_group(&self.group, envelope.event_name())

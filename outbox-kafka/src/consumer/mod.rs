@@ -598,21 +598,25 @@ impl KafkaConsumer {
             stats.add(&done.stats);
             let tp = (first.topic.clone(), first.partition);
             let mut assignment = self.consumer.context().assignment();
-            if !assignment.complete(&tp, done.generation, &done.done) {
+            let owned = assignment.complete(&tp, done.generation, &done.done);
+            drop(assignment);
+            if !owned {
+                // Its messages are another assignment's now: nothing to commit or hand back.
                 tracing::debug!(group = %self.group(), topic = %first.topic, partition = first.partition,
                     "result of a revoked partition; not committed");
             }
-            drop(assignment);
             let generation = done.generation;
-            queues.give_back(
-                done.back
-                    .into_iter()
-                    .map(|message| Queued {
-                        message,
-                        generation,
-                    })
-                    .collect(),
-            );
+            if owned {
+                queues.give_back(
+                    done.back
+                        .into_iter()
+                        .map(|message| Queued {
+                            message,
+                            generation,
+                        })
+                        .collect(),
+                );
+            }
         }
         for id in &keys {
             queues.finished(id);

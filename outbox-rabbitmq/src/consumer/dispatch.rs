@@ -103,14 +103,19 @@ impl<T> KeyQueues<T> {
             keys: Vec::new(),
             items: Vec::new(),
         };
+        // Messages that do not decode (key `None`) run on their own: they are dead-lettered
+        // one by one, and a run holding one tries no batch.
+        let undecodable = first.is_none();
         self.take(first, max, &mut run);
-        if solo {
+        if solo || undecodable {
             return Some(run);
         }
         let mut i = 0;
         while run.items.len() < max && i < self.ready.len() {
             let key = &self.ready[i];
-            let joins = self.is_ready(key) && self.queues.get(key).is_some_and(|q| !q.solo);
+            let joins = key.is_some()
+                && self.is_ready(key)
+                && self.queues.get(key).is_some_and(|q| !q.solo);
             if !joins {
                 i += 1;
                 continue;
@@ -252,6 +257,22 @@ mod tests {
         }
         assert_eq!(q.next_run(3).expect("a again").items, [5]);
         assert_eq!(q.queued(), 0);
+    }
+
+    #[test]
+    fn undecodable_messages_never_share_a_run_with_aggregates() {
+        let mut q = KeyQueues::default();
+        q.push(key("a"), 1);
+        q.push(None, 2);
+        q.push(key("b"), 3);
+        q.push(None, 4);
+        let run = q.next_run(10).expect("a and b");
+        assert_eq!(
+            (run.keys.clone(), run.items),
+            (vec![key("a"), key("b")], vec![1, 3])
+        );
+        let malformed = q.next_run(10).expect("the undecodable ones");
+        assert_eq!((malformed.keys, malformed.items), (vec![None], vec![2, 4]));
     }
 
     #[test]
