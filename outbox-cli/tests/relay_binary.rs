@@ -209,7 +209,17 @@ fn stop(child: Child) -> Output {
         .status()
         .expect("kill -TERM");
     assert!(status.success());
+    // Bounded: a relay that does not stop within 30 s is killed (and the assertion below fails).
+    let pid = child.id().to_string();
+    let (exited, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+        }
+    });
     let output = child.wait_with_output().expect("relay output");
+    let _ = exited.send(());
+    let _ = watchdog.join();
     assert!(
         output.status.success(),
         "exit {:?}: {}",
