@@ -194,7 +194,7 @@ impl Envelope {
         &self.metadata
     }
     /// The metadata, to stamp a trace context on it ([`crate::trace::stamp_current`]).
-    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
+    #[cfg(feature = "opentelemetry")]
     pub(crate) fn metadata_mut(&mut self) -> &mut EventMetadata {
         &mut self.metadata
     }

@@ -53,7 +53,7 @@ pub trait DomainEvent:
     /// `#[event(version = 3, upcast_from = OrderCreatedV2)]` (and `impl From<OrderCreatedV2>`)
     /// it reads version 3 and whatever `OrderCreatedV2` reads, converted. Every place an
     /// envelope becomes a typed event ([`Envelope::decode`], so the handlers of every backend
-    /// and the [`crate::testing`] helpers) goes through it.
+    /// and the `testing` helpers) goes through it.
     ///
     /// ```
     /// use outbox_core::DomainEvent;
@@ -97,6 +97,11 @@ pub(crate) fn read_exact<E: DomainEvent>(version: u32, payload: &str) -> Result<
     if version != E::VERSION {
         return Err(unreachable::<E>(version));
     }
+    from_json(payload)
+}
+
+/// Deserializes `payload` as `E` (its own version, already checked).
+fn from_json<E: DomainEvent>(payload: &str) -> Result<E, Error> {
     serde_json::from_str(payload).map_err(|source| Error::Decode {
         event: E::NAME.to_owned(),
         source,
@@ -111,7 +116,7 @@ where
 {
     check_version::<E>(version)?;
     if version == E::VERSION {
-        read_exact(version, payload)
+        from_json(payload)
     } else {
         P::read_payload(version, payload).map(E::from)
     }

@@ -5,7 +5,7 @@
 //!
 //! * saving stamps the current context into every envelope that has no `traceparent` yet
 //!   ([`stamp_current`]): the current `tracing` span's OpenTelemetry context (through
-//!   `tracing-opentelemetry`), else [`opentelemetry::Context::current`]. The caller does nothing.
+//!   `tracing-opentelemetry`), else `opentelemetry::Context::current()`. The caller does nothing.
 //! * the relays wrap their publisher in a [`TracedPublisher`]: one `outbox.publish` span per
 //!   envelope, a child of the context the event was saved in, open until the broker answered.
 //! * consumers run each handler in [`handler_span`]: an `outbox.handle` span whose parent is

@@ -2,7 +2,7 @@
 //! durable after-commit dispatch to in-process handlers, the relay and the inbox.
 //!
 //! [`Outbox::save`] writes an aggregate's row and its pending events in one transaction; after
-//! the commit it runs the in-process [`event_handler`](outbox_core::event_handler)s, each in its
+//! the commit it runs the in-process `#[event_handler]`s, each in its
 //! own transaction that also records its completion in `outbox_delivery`, so a handler that
 //! writes through [`TransactionExt::transaction`] takes effect exactly once. A crash or a failing
 //! handler leaves the record pending for the [`DeliveryWorker`]. [`Outbox::begin`] opens a
