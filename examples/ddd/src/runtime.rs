@@ -815,14 +815,19 @@ impl Service {
         }
     }
 
-    /// Waits for the tasks after the stop signal (up to `timeout` each).
+    /// Waits for the tasks after the stop signal, `timeout` in all; a task still running then
+    /// is aborted, so none outlives the service.
     pub async fn join(&mut self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
         let tasks = [self.relay.take(), self.worker.take()]
             .into_iter()
             .flatten()
             .chain(self.consumers.drain(..));
-        for task in tasks.collect::<Vec<_>>() {
-            let _ = tokio::time::timeout(timeout, task).await;
+        for mut task in tasks.collect::<Vec<_>>() {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                task.abort();
+                let _ = task.await;
+            }
         }
     }
 }
