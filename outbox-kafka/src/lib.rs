@@ -31,6 +31,7 @@ mod consumer;
 mod error;
 pub mod headers;
 mod publisher;
+mod reports;
 
 pub use admin::provision_topics;
 pub use config::{KafkaConfig, is_secret};

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,22 +13,41 @@ use rdkafka::ClientContext;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
 use crate::admin::provision_topics;
 use crate::config::KafkaConfig;
 use crate::error::{DeliveryError, SetupError};
 use crate::headers;
+use crate::reports::{MAX_TALLY, Pending, Report, Reports};
 
-/// The producer, with the publisher's client context.
-type FutureProducer = rdkafka::producer::FutureProducer<PublisherContext>;
+/// The producer, with the publisher's context; shared by the batches in flight.
+type SharedProducer = Arc<ThreadedProducer<PublisherContext>>;
 
-/// The producer's client context: librdkafka's log lines go where rdkafka's default context
-/// sends them, except librdkafka's configuration warning that `enable.gapless.guarantee` is
-/// experimental. The publisher sets that property on purpose (it keeps a partition gap-free
-/// after a failed request), so the warning is logged at debug level instead of at every start.
-#[derive(Clone, Copy, Debug, Default)]
-struct PublisherContext;
+/// The producer's context.
+///
+/// * librdkafka's log lines go where rdkafka's default context sends them, except librdkafka's
+///   configuration warning that `enable.gapless.guarantee` is experimental. The publisher sets
+///   that property on purpose (it keeps a partition gap-free after a failed request), so the
+///   warning is logged at debug level instead of at every start.
+/// * Delivery reports go to the tally of their batch ([`Reports`]): no channel and no future per
+///   message, and one wake-up of the publishing task per batch.
+#[derive(Clone, Debug, Default)]
+struct PublisherContext {
+    reports: Arc<Reports>,
+}
+
+impl ProducerContext for PublisherContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, ticket: usize) {
+        let report = match result {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(error.clone()),
+        };
+        self.reports.record(ticket, report);
+    }
+}
 
 impl ClientContext for PublisherContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -139,7 +159,9 @@ pub fn default_topic(prefix: &str, aggregate_type: &str) -> String {
 pub struct KafkaPublisher {
     /// Replaced by a new one when librdkafka reports a fatal error or the broker fences it
     /// (see [`Self::producer`]).
-    producer: Mutex<FutureProducer>,
+    producer: Mutex<SharedProducer>,
+    /// The delivery tallies of the batches in flight, shared with every producer's context.
+    reports: Arc<Reports>,
     /// Set when a delivery failed because the broker fenced the producer.
     fenced: AtomicBool,
     config: KafkaConfig,
@@ -233,16 +255,12 @@ impl KafkaPublisher {
     /// The producer to publish with: the current one, or a new one when the current one met a
     /// fatal error or was fenced (librdkafka does not recover from either: the instance must be
     /// replaced).
-    fn producer(&self) -> FutureProducer {
+    fn producer(&self) -> SharedProducer {
         let mut current = self.producer.lock().unwrap_or_else(|p| p.into_inner());
         let fatal = current.client().fatal_error();
         let fenced = self.fenced.load(Ordering::Acquire);
         if fatal.is_some() || fenced {
-            match self
-                .config
-                .to_client_config()
-                .create_with_context::<_, FutureProducer>(PublisherContext)
-            {
+            match create(&self.config, &self.reports) {
                 Ok(fresh) => {
                     tracing::warn!(
                         ?fatal,
@@ -250,7 +268,7 @@ impl KafkaPublisher {
                         "Kafka producer cannot go on; replaced by a new one"
                     );
                     metrics::counter!("outbox_kafka_producer_replaced_total").increment(1);
-                    *current = fresh;
+                    *current = Arc::new(fresh);
                     self.fenced.store(false, Ordering::Release);
                 }
                 Err(error) => {
@@ -259,7 +277,7 @@ impl KafkaPublisher {
                 }
             }
         }
-        current.clone()
+        Arc::clone(&current)
     }
 
     /// Remembers that the broker fenced the producer, so that the next batch gets a new one.
@@ -360,13 +378,12 @@ impl KafkaPublisherBuilder {
             .set_default("enable.gapless.guarantee", "true")
             .set_default("message.timeout.ms", "30000")
             .set_default("linger.ms", "0");
-        let producer: FutureProducer = config
-            .to_client_config()
-            .create_with_context(PublisherContext)
-            .map_err(SetupError::Client)?;
+        let reports = Arc::new(Reports::default());
+        let producer = create(&config, &reports).map_err(SetupError::Client)?;
         tracing::debug!(config = ?config, "Kafka publisher created");
         Ok(KafkaPublisher {
-            producer: Mutex::new(producer),
+            producer: Mutex::new(Arc::new(producer)),
+            reports,
             fenced: AtomicBool::new(false),
             config,
             prefix: self.prefix,
@@ -379,6 +396,17 @@ impl KafkaPublisherBuilder {
     }
 }
 
+/// A producer with `config` whose delivery reports go to `reports`.
+fn create(
+    config: &KafkaConfig,
+    reports: &Arc<Reports>,
+) -> Result<ThreadedProducer<PublisherContext>, KafkaError> {
+    let context = PublisherContext {
+        reports: Arc::clone(reports),
+    };
+    config.to_client_config().create_with_context(context)
+}
+
 fn failure(topic: &str, error: KafkaError) -> PublishError {
     let error = DeliveryError::new(topic, error);
     if error.is_retryable() {
@@ -386,11 +414,6 @@ fn failure(topic: &str, error: KafkaError) -> PublishError {
     } else {
         PublishError::rejected(error)
     }
-}
-
-enum Slot {
-    Sent(usize, DeliveryFuture),
-    Failed(PublishError),
 }
 
 /// An aggregate: its type and id.
@@ -460,76 +483,123 @@ impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
         let routes = Routes::new(self, batch);
         self.provision_new(&routes.topics).await;
-        let topic = |i: usize| routes.topics[routes.topic_of[i]].as_str();
         let producer = self.producer();
         let mut outcomes = Outcomes::new(batch);
-        let mut in_flight: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
-        for (i, envelope) in batch.iter().enumerate() {
-            if outcomes.blocked(i) {
-                // An earlier event of this aggregate failed: sending this one would overtake it.
-                outcomes.settle(i, Err(PublishError::NotAttempted));
-                continue;
-            }
-            let source = routes.sources[routes.source_of[i]].as_str();
-            let mut record = FutureRecord::to(topic(i))
-                .key(envelope.aggregate_id())
-                .payload(envelope.payload())
-                .headers(headers::encode(envelope, source))
-                .timestamp(envelope.occurred_at().timestamp_millis());
-            let deadline = Instant::now() + self.queue_timeout;
-            let slot = loop {
-                match producer.send_result(record) {
-                    Ok(delivery) => break Slot::Sent(i, delivery),
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
-                        if Instant::now() < deadline =>
-                    {
-                        record = back;
-                        // Make room by waiting for the oldest message in flight.
-                        match in_flight.pop_front() {
-                            Some((j, delivery)) => {
-                                outcomes.settle(j, self.settle(topic(j), delivery.await));
-                            }
-                            None => tokio::time::sleep(Duration::from_millis(10)).await,
-                        }
-                    }
-                    Err((error, _)) => {
-                        self.note(&error);
-                        break Slot::Failed(failure(topic(i), error));
-                    }
-                }
-            };
-            match slot {
-                Slot::Sent(i, delivery) => in_flight.push_back((i, delivery)),
-                Slot::Failed(error) => {
-                    tracing::warn!(event_id = %envelope.id(), topic = %topic(i),
-                        error = %outbox_core::error_chain(&error), "could not enqueue event");
-                    outcomes.settle(i, Err(error));
-                }
-            }
-        }
-        for (i, delivery) in in_flight {
-            outcomes.settle(i, self.settle(topic(i), delivery.await));
+        let mut start = 0;
+        while start < batch.len() {
+            let end = batch.len().min(start + MAX_TALLY);
+            self.publish_range(&producer, &routes, &mut outcomes, start..end)
+                .await;
+            start = end;
         }
         outcomes.finish()
     }
 }
 
 impl KafkaPublisher {
-    fn settle(
+    /// Produces the envelopes of `range` (at most [`MAX_TALLY`]) without waiting, then awaits
+    /// their delivery reports and settles them in batch order.
+    async fn publish_range(
         &self,
-        topic: &str,
-        report: Result<
-            rdkafka::producer::future_producer::OwnedDeliveryResult,
-            futures::channel::oneshot::Canceled,
-        >,
-    ) -> Result<(), PublishError> {
+        producer: &SharedProducer,
+        routes: &Routes,
+        outcomes: &mut Outcomes<'_>,
+        range: Range<usize>,
+    ) {
+        let batch = outcomes.batch;
+        let topic = |i: usize| routes.topics[routes.topic_of[i]].as_str();
+        let Some(tally) = self.reports.open(range.len()) else {
+            for i in range {
+                let error = PublishError::transient("too many batches in flight");
+                outcomes.settle(i, Err(error));
+            }
+            return;
+        };
+        let first = range.start;
+        // Indices handed to librdkafka whose outcome is not settled yet, in batch order.
+        let mut sent: VecDeque<usize> = VecDeque::new();
+        for i in range {
+            let envelope = &batch[i];
+            if outcomes.blocked(i) {
+                // An earlier event of this aggregate failed: sending this one would overtake it.
+                outcomes.settle(i, Err(PublishError::NotAttempted));
+                continue;
+            }
+            let source = routes.sources[routes.source_of[i]].as_str();
+            let mut record = BaseRecord::with_opaque_to(topic(i), tally.ticket(i - first))
+                .key(envelope.aggregate_id())
+                .payload(envelope.payload())
+                .headers(headers::encode(envelope, source))
+                .timestamp(envelope.occurred_at().timestamp_millis());
+            let deadline = Instant::now() + self.queue_timeout;
+            let refused = loop {
+                tally.sending(i - first);
+                match producer.send(record) {
+                    Ok(()) => break None,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
+                        if Instant::now() < deadline =>
+                    {
+                        tally.unsent(i - first);
+                        record = back;
+                        // Make room: wait for a report of this batch, or a while when none is
+                        // outstanding (the queue is full of other batches' messages).
+                        match tally.waiting() {
+                            0 => tokio::time::sleep(Duration::from_millis(10)).await,
+                            waiting => tally.wait_until(waiting - 1).await,
+                        }
+                        self.settle_ready(&tally, first, &mut sent, outcomes, topic);
+                    }
+                    Err((error, _)) => {
+                        tally.unsent(i - first);
+                        self.note(&error);
+                        break Some(failure(topic(i), error));
+                    }
+                }
+            };
+            match refused {
+                None => sent.push_back(i),
+                Some(error) => {
+                    tracing::warn!(event_id = %envelope.id(), topic = %topic(i),
+                        error = %outbox_core::error_chain(&error), "could not enqueue event");
+                    outcomes.settle(i, Err(error));
+                }
+            }
+        }
+        self.settle_ready(&tally, first, &mut sent, outcomes, topic);
+        let mut results = tally.finish().await;
+        for i in sent {
+            let report = results.get_mut(i - first).and_then(Option::take);
+            outcomes.settle(i, self.settle(topic(i), report));
+        }
+    }
+
+    /// Settles, in batch order, the leading messages of `sent` whose reports came.
+    fn settle_ready<'t>(
+        &self,
+        tally: &Pending,
+        first: usize,
+        sent: &mut VecDeque<usize>,
+        outcomes: &mut Outcomes<'_>,
+        topic: impl Fn(usize) -> &'t str,
+    ) {
+        while let Some(&i) = sent.front() {
+            let Some(report) = tally.take(i - first) else {
+                break;
+            };
+            sent.pop_front();
+            outcomes.settle(i, self.settle(topic(i), Some(report)));
+        }
+    }
+
+    /// The outcome of a delivery `report` (`None`: the report never came).
+    fn settle(&self, topic: &str, report: Option<Report>) -> Result<(), PublishError> {
         match report {
-            Ok(Ok(_delivery)) => Ok(()),
-            Ok(Err((error, _message))) => {
+            Some(Ok(())) => Ok(()),
+            Some(Err(error)) => {
                 self.note(&error);
                 Err(failure(topic, error))
             }
-            Err(_) => Err(failure(topic, KafkaError::Canceled)),
+            None => Err(failure(topic, KafkaError::Canceled)),
         }
     }
 }

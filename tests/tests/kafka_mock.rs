@@ -202,6 +202,72 @@ async fn publisher_reports_broker_down_as_retryable_and_too_large_as_rejected() 
     }
 }
 
+/// A batch far larger than the producer's local queue: the publisher waits for room (for its
+/// own delivery reports) and every event arrives, in order per aggregate. Concurrent batches
+/// share the queue; a publish call dropped half way (a relay's timeout) leaves the publisher
+/// usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_waits_for_room_in_a_full_local_queue() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("thing", 3, 1).expect("topic");
+    cluster.create_topic("spill", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let publisher = std::sync::Arc::new(
+        KafkaPublisher::builder(&brokers)
+            .set("queue.buffering.max.messages", "7")
+            .build()
+            .expect("publisher"),
+    );
+    let batch = |lane: usize| -> Vec<Envelope> {
+        (0..300)
+            .map(|i| {
+                let aggregate = format!("l{lane}-a{}", i % 10);
+                envelope("ThingMade", &aggregate, (i / 10) as i64 + 1, "{}")
+            })
+            .collect()
+    };
+    // Dropped after its first poll: some messages are in librdkafka's hands, nobody awaits
+    // their reports (another topic, so that `thing` holds the three lanes only).
+    let abandoned: Vec<Envelope> = (0..50)
+        .map(|i| {
+            Envelope::builder("ThingMade", "Thing", format!("s{i}"))
+                .topic(Some("spill".to_owned()))
+                .build()
+        })
+        .collect();
+    let _ = tokio::time::timeout(Duration::ZERO, publisher.publish(&abandoned)).await;
+    let runs: Vec<_> = (0..3)
+        .map(|lane| {
+            let publisher = std::sync::Arc::clone(&publisher);
+            tokio::spawn(async move {
+                let batch = batch(lane);
+                let results = publisher.publish(&batch).await;
+                (batch, results)
+            })
+        })
+        .collect();
+    let mut published = 0;
+    for run in runs {
+        let (batch, results) = tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("published within 60 s")
+            .expect("publish task");
+        assert_eq!(results.len(), batch.len());
+        for r in &results {
+            assert!(r.is_ok(), "{r:?}");
+        }
+        published += batch.len();
+    }
+    let got = read(&brokers, "thing", 3, published);
+    let mut last: HashMap<String, i64> = HashMap::new();
+    for m in &got {
+        let sequence: i64 = m.headers["sequence"].parse().expect("sequence");
+        let previous = last.insert(m.key.clone().expect("key"), sequence);
+        assert_eq!(previous.unwrap_or(0) + 1, sequence, "order of {:?}", m.key);
+    }
+    assert_eq!(last.len(), 30);
+}
+
 // ---- consumer ----
 
 fn record_effect<'a>(
