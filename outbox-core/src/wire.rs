@@ -155,44 +155,127 @@ pub type Header<'a> = (Cow<'static, str>, Cow<'a, str>);
 /// The headers of `envelope`, in a fixed order, with CloudEvents source `source` and the
 /// CloudEvents attribute prefix `ce_prefix` of the protocol binding.
 pub fn encode<'a>(envelope: &'a Envelope, source: &'a str, ce_prefix: &str) -> Vec<Header<'a>> {
-    let id = envelope.id().to_string();
-    let sequence = envelope.sequence().to_string();
-    let occurred = time(envelope.occurred_at());
+    let mut pairs: Vec<Header<'a>> = Vec::with_capacity(16 + envelope.metadata().extra().len());
+    visit(envelope, source, ce_prefix, |name, value| {
+        pairs.push((name, Cow::Owned(value.to_owned())));
+    });
+    pairs
+}
+
+/// Hands each header of `envelope` to `header`, in [`encode`]'s order, without building the
+/// list: the values of the id, sequence, version and time are formatted on the stack, so a
+/// broker backend that copies them into its own message (Kafka's record headers) allocates
+/// nothing per header here.
+pub fn visit(
+    envelope: &Envelope,
+    source: &str,
+    ce_prefix: &str,
+    mut header: impl FnMut(Cow<'static, str>, &str),
+) {
+    let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id: &str = envelope.id().hyphenated().encode_lower(&mut id);
+    let mut sequence = Stack::<24>::new();
+    let sequence = sequence.display(envelope.sequence());
+    let mut version = Stack::<12>::new();
+    let version = version.display(envelope.event_version());
+    let mut occurred = Stack::<40>::new();
+    let occurred = occurred.time(envelope.occurred_at());
     let meta = envelope.metadata();
     let ce = |name: &'static str| ce_name(ce_prefix, name);
-    let mut pairs: Vec<Header<'a>> = Vec::with_capacity(16 + meta.extra().len());
-    pairs.push((EVENT_ID.into(), id.clone().into()));
-    pairs.push((EVENT_NAME.into(), envelope.event_name().into()));
-    pairs.push((
-        EVENT_VERSION.into(),
-        envelope.event_version().to_string().into(),
-    ));
-    pairs.push((AGGREGATE_TYPE.into(), envelope.aggregate_type().into()));
-    pairs.push((AGGREGATE_ID.into(), envelope.aggregate_id().into()));
-    pairs.push((SEQUENCE.into(), sequence.clone().into()));
-    pairs.push((OCCURRED_AT.into(), occurred.clone().into()));
-    pairs.push((CONTENT_TYPE.into(), JSON.into()));
-    pairs.push((ce("specversion"), "1.0".into()));
-    pairs.push((ce("id"), id.into()));
-    pairs.push((ce("source"), source.into()));
-    pairs.push((ce("type"), envelope.event_name().into()));
-    pairs.push((ce("time"), occurred.into()));
-    pairs.push((ce("subject"), envelope.aggregate_id().into()));
-    pairs.push((ce("sequence"), sequence.into()));
+    header(EVENT_ID.into(), id);
+    header(EVENT_NAME.into(), envelope.event_name());
+    header(EVENT_VERSION.into(), version);
+    header(AGGREGATE_TYPE.into(), envelope.aggregate_type());
+    header(AGGREGATE_ID.into(), envelope.aggregate_id());
+    header(SEQUENCE.into(), sequence);
+    header(OCCURRED_AT.into(), &occurred);
+    header(CONTENT_TYPE.into(), JSON);
+    header(ce("specversion"), "1.0");
+    header(ce("id"), id);
+    header(ce("source"), source);
+    header(ce("type"), envelope.event_name());
+    header(ce("time"), &occurred);
+    header(ce("subject"), envelope.aggregate_id());
+    header(ce("sequence"), sequence);
     if let Some(v) = meta.correlation_id() {
-        pairs.push((CORRELATION_ID.into(), v.into()));
+        header(CORRELATION_ID.into(), v);
     }
     if let Some(v) = meta.causation_id() {
-        pairs.push((CAUSATION_ID.into(), v.into()));
+        header(CAUSATION_ID.into(), v);
     }
     if let Some(v) = meta.traceparent() {
-        pairs.push((TRACEPARENT.into(), v.into()));
-        pairs.push((ce("traceparent"), v.into()));
+        header(TRACEPARENT.into(), v);
+        header(ce("traceparent"), v);
     }
     for (k, v) in meta.extra() {
-        pairs.push((Cow::Owned(format!("{META_PREFIX}{k}")), v.as_str().into()));
+        header(Cow::Owned(format!("{META_PREFIX}{k}")), v);
     }
-    pairs
+}
+
+/// A text of at most `N` bytes formatted on the stack.
+struct Stack<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Stack<N> {
+    fn new() -> Self {
+        Stack {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in (`write_str`), so this cannot fail.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+
+    /// `value` as text (a number, here: it fits).
+    fn display(&mut self, value: impl std::fmt::Display) -> &str {
+        use std::fmt::Write;
+        self.len = 0;
+        if write!(self, "{value}").is_err() {
+            self.len = 0;
+        }
+        self.as_str()
+    }
+
+    /// `at` as [`time`] writes it; through [`time`] itself for what the fast form does not
+    /// cover (years outside 0000-9999, leap seconds).
+    fn time(&mut self, at: DateTime<Utc>) -> Cow<'_, str> {
+        use chrono::{Datelike, Timelike};
+        use std::fmt::Write;
+        let (year, nanos) = (at.year(), at.nanosecond());
+        if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
+            return Cow::Owned(time(at));
+        }
+        self.len = 0;
+        let written = write!(
+            self,
+            "{year:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
+            at.month(),
+            at.day(),
+            at.hour(),
+            at.minute(),
+            at.second(),
+            nanos / 1000
+        );
+        match written {
+            Ok(()) => Cow::Borrowed(self.as_str()),
+            Err(_) => Cow::Owned(time(at)),
+        }
+    }
+}
+
+impl<const N: usize> std::fmt::Write for Stack<N> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let slot = self.buf.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        slot.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// The CloudEvents attribute `name` with the binding's prefix: a static name for the two
@@ -375,5 +458,65 @@ mod tests {
                 assert_eq!(matches!(name, Cow::Borrowed(_)), known, "{prefix}{attr}");
             }
         }
+    }
+
+    /// The stack-formatted time is `time`'s text, for every kind of instant.
+    #[test]
+    fn stack_time_is_the_rfc3339_text() {
+        use chrono::TimeZone;
+        let instants = [
+            Utc.with_ymd_and_hms(2026, 12, 2, 1, 2, 3).unwrap(),
+            Utc.timestamp_opt(0, 0).unwrap(),
+            Utc.timestamp_opt(1_700_000_000, 999_999_999).unwrap(),
+            Utc.timestamp_opt(1_700_000_000, 1_000).unwrap(),
+            Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(-44, 3, 15, 12, 0, 0).unwrap(),
+            Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+            // A leap second.
+            Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap(),
+            Utc::now(),
+        ];
+        for at in instants {
+            let mut stack = Stack::<40>::new();
+            assert_eq!(stack.time(at), time(at), "{at:?}");
+        }
+    }
+
+    /// `visit` hands over what `encode` lists, in the same order; numbers as text.
+    #[test]
+    fn visit_and_encode_agree() {
+        let envelope = Envelope::builder("OrderPlaced", "Order", "o-1")
+            .sequence(-7)
+            .version(u32::MAX)
+            .metadata(
+                EventMetadata::new()
+                    .with_causation_id("c")
+                    .with_traceparent("00-a-b-01")
+                    .with_extra("tenant", "t"),
+            )
+            .build();
+        let mut visited = Vec::new();
+        visit(&envelope, "/src", "x-", |k, v| {
+            visited.push((k.into_owned(), v.to_owned()));
+        });
+        let encoded: Vec<(String, String)> = encode(&envelope, "/src", "x-")
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert_eq!(visited, encoded);
+        let value = |name: &str| {
+            visited
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(value(SEQUENCE).as_deref(), Some("-7"));
+        assert_eq!(value("x-sequence").as_deref(), Some("-7"));
+        assert_eq!(value(EVENT_VERSION), Some(u32::MAX.to_string()));
+        assert_eq!(value(EVENT_ID), Some(envelope.id().to_string()));
+        assert_eq!(value(OCCURRED_AT), Some(time(envelope.occurred_at())));
+        assert_eq!(value("meta_tenant").as_deref(), Some("t"));
+        assert_eq!(visited.len(), 19);
     }
 }

@@ -30,17 +30,23 @@ pub use outbox_core::wire::{
     EVENT_VERSION, JSON, META_PREFIX, MalformedMessage, OCCURRED_AT, SEQUENCE, TRACEPARENT,
 };
 
-/// The headers of `envelope`, with CloudEvents source `source` (see [`outbox_core::wire`]).
-pub(crate) fn encode(envelope: &Envelope, source: &str) -> OwnedHeaders {
-    let pairs = wire::encode(envelope, source, KAFKA_CLOUDEVENTS_PREFIX);
-    let mut headers = OwnedHeaders::new_with_capacity(pairs.len());
-    for (key, value) in &pairs {
-        headers = headers.insert(Header {
-            key,
-            value: Some(value.as_ref()),
+/// The headers of `envelope` as [`KafkaPublisher`](crate::KafkaPublisher) writes them, with
+/// CloudEvents source `source` (see [`outbox_core::wire`]), copied straight into librdkafka's
+/// header list: for a producer of one's own that must write messages the project's consumers
+/// read.
+pub fn encode(envelope: &Envelope, source: &str) -> OwnedHeaders {
+    let mut headers = Some(OwnedHeaders::new_with_capacity(
+        16 + envelope.metadata().extra().len(),
+    ));
+    wire::visit(envelope, source, KAFKA_CLOUDEVENTS_PREFIX, |key, value| {
+        headers = headers.take().map(|h| {
+            h.insert(Header {
+                key: &key,
+                value: Some(value),
+            })
         });
-    }
-    headers
+    });
+    headers.unwrap_or_default()
 }
 
 /// rdkafka's headers, as [`wire::decode`] reads them (a header without a value is empty text).
