@@ -53,7 +53,7 @@ const CONTENDERS: [Contender; 3] = [
 fn stamping(brokers: &str, acks: &Stamps) -> BoxResult<Tap> {
     let acks = Arc::clone(acks);
     Ok(Tap {
-        inner: crate::db::publisher(brokers).build()?,
+        inner: Box::new(crate::db::publisher(brokers).build()?),
         on_batch: Box::new(move |batch, results| {
             let now = Instant::now();
             let mut acks = acks.lock().unwrap_or_else(|p| p.into_inner());

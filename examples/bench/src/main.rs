@@ -12,6 +12,12 @@
 //!     [--out BENCHMARKS.md]
 //! ```
 
+/// jemalloc, as the `outbox` binary has (it also serves librdkafka's allocations): every
+/// contender of a scenario runs with the same allocator.
+#[cfg(all(unix, not(target_env = "musl")))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod concurrency;
 mod consumer;
 mod db;
