@@ -209,6 +209,31 @@ fn producer(brokers: &str) -> BoxResult<FutureProducer> {
         .create()?)
 }
 
+/// Publishes one message to [`TOPIC`] before the clock starts, so that no contender's time
+/// holds the producer's start: its idempotent producer id and the topic's metadata, which
+/// librdkafka waits for before it sends anything (about 0.45 s in some runs, at random).
+async fn warm_up(publisher: &dyn outbox_core::Publisher) -> BoxResult<()> {
+    let envelope = Envelope::builder("WarmedUp", "Order", "warm-up")
+        .topic(Some(TOPIC.to_owned()))
+        .build();
+    match publisher.publish(&[envelope]).await.pop() {
+        Some(Ok(())) => Ok(()),
+        other => Err(format!("warm-up publish failed: {other:?}").into()),
+    }
+}
+
+/// [`warm_up`] for a bare producer.
+async fn warm_up_producer(producer: &FutureProducer) -> BoxResult<()> {
+    let record: FutureRecord<'_, str, str> = FutureRecord::to(TOPIC).key("warm-up").payload("{}");
+    match producer.send_result(record) {
+        Ok(delivery) => match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            other => Err(format!("warm-up send failed: {other:?}").into()),
+        },
+        Err((e, _)) => Err(e.into()),
+    }
+}
+
 /// `bench relay-child`: one contender, measured in this process.
 pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
     // Room for the tuned relay's cycles, its LISTEN and the backlog watcher.
@@ -252,6 +277,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
             }
             drop(rows);
             let producer = producer(&args.child_brokers)?;
+            warm_up_producer(&producer).await?;
             let (cpu0, t0) = (cpu_time(), Instant::now());
             let mut in_flight: std::collections::VecDeque<DeliveryFuture> = Default::default();
             let mut ok = 0u64;
@@ -283,6 +309,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
         }
         "naive" => {
             let producer = producer(&args.child_brokers)?;
+            warm_up_producer(&producer).await?;
             let lock = if backend == sea_orm::DbBackend::Postgres {
                 " FOR UPDATE SKIP LOCKED"
             } else {
@@ -328,6 +355,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
         "ours" | "tuned" => {
             let before = pending_count(&db).await?;
             let publisher = crate::db::publisher(&args.child_brokers).build()?;
+            warm_up(&publisher).await?;
             let mut builder = Relay::builder(db.clone(), publisher);
             if args.mode == "tuned" {
                 builder = builder
@@ -392,6 +420,7 @@ async fn log_drain(args: &ChildArgs) -> BoxResult<(u64, Duration, Duration)> {
             counter.fetch_add(ok as u64, Ordering::Relaxed);
         }),
     };
+    warm_up(publisher.inner.as_ref()).await?;
     let mut builder = crate::db::log_relay(&args.child_url, publisher);
     if let Some(events) = env_knob("BENCH_RELAY_BATCH") {
         builder = builder.batch_size(events);
