@@ -35,18 +35,14 @@ pub use outbox_core::wire::{
 /// header list: for a producer of one's own that must write messages the project's consumers
 /// read.
 pub fn encode(envelope: &Envelope, source: &str) -> OwnedHeaders {
-    let mut headers = Some(OwnedHeaders::new_with_capacity(
-        16 + envelope.metadata().extra().len(),
-    ));
+    let mut headers = OwnedHeaders::new_with_capacity(16 + envelope.metadata().extra().len());
     wire::visit(envelope, source, KAFKA_CLOUDEVENTS_PREFIX, |key, value| {
-        headers = headers.take().map(|h| {
-            h.insert(Header {
-                key: &key,
-                value: Some(value),
-            })
+        headers = std::mem::take(&mut headers).insert(Header {
+            key: &key,
+            value: Some(value),
         });
     });
-    headers.unwrap_or_default()
+    headers
 }
 
 /// rdkafka's headers, as [`wire::decode`] reads them (a header without a value is empty text).

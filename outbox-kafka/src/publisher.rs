@@ -533,13 +533,13 @@ impl KafkaPublisher {
                 .timestamp(envelope.occurred_at().timestamp_millis());
             let deadline = Instant::now() + self.queue_timeout;
             let refused = loop {
-                tally.sending(i - first);
+                tally.sending();
                 match producer.send(record) {
                     Ok(()) => break None,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back))
                         if Instant::now() < deadline =>
                     {
-                        tally.unsent(i - first);
+                        tally.unsent();
                         record = back;
                         // Make room: wait for a report of this batch, or a while when none is
                         // outstanding (the queue is full of other batches' messages).
@@ -550,7 +550,7 @@ impl KafkaPublisher {
                         self.settle_ready(&tally, first, &mut sent, outcomes, topic);
                     }
                     Err((error, _)) => {
-                        tally.unsent(i - first);
+                        tally.unsent();
                         self.note(&error);
                         break Some(failure(topic(i), error));
                     }

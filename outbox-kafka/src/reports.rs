@@ -133,12 +133,12 @@ impl Pending {
 
     /// Counts message `index` as handed over; call it before handing it to librdkafka (its
     /// report can come before `send` returns), and [`Self::unsent`] if that fails.
-    pub(crate) fn sending(&self, _index: usize) {
+    pub(crate) fn sending(&self) {
         self.with(|t| t.waiting += 1);
     }
 
     /// Takes back [`Self::sending`] for a message librdkafka refused.
-    pub(crate) fn unsent(&self, _index: usize) {
+    pub(crate) fn unsent(&self) {
         self.with(|t| t.waiting = t.waiting.saturating_sub(1));
     }
 
@@ -216,8 +216,8 @@ mod tests {
     async fn a_batch_finishes_once_every_report_came_in_any_order() {
         let reports = Arc::new(Reports::default());
         let pending = reports.open(3).unwrap();
-        for i in 0..3 {
-            pending.sending(i);
+        for _ in 0..3 {
+            pending.sending();
         }
         let tickets: Vec<usize> = (0..3).map(|i| pending.ticket(i)).collect();
         let recorder = Arc::clone(&reports);
@@ -248,8 +248,8 @@ mod tests {
     async fn an_abandoned_batch_frees_its_slot_at_its_last_report_and_ignores_strays() {
         let reports = Arc::new(Reports::default());
         let pending = reports.open(2).unwrap();
-        pending.sending(0);
-        pending.sending(1);
+        pending.sending();
+        pending.sending();
         let (t0, t1) = (pending.ticket(0), pending.ticket(1));
         drop(pending);
         // The slot is still taken: a new batch gets another one.
@@ -261,7 +261,7 @@ mod tests {
         assert_eq!(reports.lock().free, vec![t0 >> HALF]);
         // A report for a slot nobody holds is ignored.
         reports.record(usize::MAX, Ok(()));
-        other.sending(0);
+        other.sending();
         assert_eq!(other.waiting(), 1);
     }
 
@@ -269,8 +269,8 @@ mod tests {
     async fn progress_wakes_the_waiter_before_the_batch_is_complete() {
         let reports = Arc::new(Reports::default());
         let pending = reports.open(2).unwrap();
-        pending.sending(0);
-        pending.sending(1);
+        pending.sending();
+        pending.sending();
         let ticket = pending.ticket(0);
         let recorder = Arc::clone(&reports);
         tokio::spawn(async move { recorder.record(ticket, Ok(())) });
