@@ -16,6 +16,8 @@
 //! Debezium's PostgreSQL connector reads these messages too: it turns each into a record with
 //! prefix `outbox` and this JSON as its content.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use outbox_core::{Envelope, EventMetadata};
 use serde::Deserialize;
@@ -67,13 +69,20 @@ pub fn encode(envelope: &Envelope) -> Result<String, serde_json::Error> {
 /// # Errors
 /// When `content` is not the JSON [`encode`] writes.
 pub fn decode(content: &[u8]) -> Result<Envelope, serde_json::Error> {
-    let m: Message<'_> = serde_json::from_slice(content)?;
+    use serde::de::Error as _;
+    // One check of the whole content: parsing a `str` then checks no string on its own.
+    let text = std::str::from_utf8(content).map_err(serde_json::Error::custom)?;
+    let m: Message<'_> = serde_json::from_str(text)?;
+    // RFC 3339's own parser: much cheaper than the general one `DateTime`'s `Deserialize` uses.
+    let occurred_at = DateTime::parse_from_rfc3339(&m.occurred_at)
+        .map_err(|e| serde_json::Error::custom(format!("occurred_at: {e}")))?
+        .with_timezone(&Utc);
     Ok(
         Envelope::builder(m.event_type, m.aggregate_type, m.aggregate_id)
             .id(m.id)
             .version(m.version)
             .sequence(m.sequence)
-            .occurred_at(m.occurred_at)
+            .occurred_at(occurred_at)
             .payload(m.payload.get().to_owned())
             .metadata(m.metadata)
             .topic(m.topic)
@@ -102,7 +111,8 @@ struct Message<'a> {
     aggregate_id: String,
     event_type: String,
     version: u32,
-    occurred_at: DateTime<Utc>,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
     #[serde(default)]
     topic: Option<String>,
     #[serde(default)]
@@ -142,9 +152,38 @@ mod tests {
     }
 
     #[test]
+    fn round_trips_escaped_and_non_ascii_text_and_an_offset() {
+        let envelope = Envelope::builder("Bestellung\u{e4}", "Ord\"er", "4\\2 \u{1f600}\n").build();
+        let back = decode(encode(&envelope).unwrap().as_bytes()).unwrap();
+        assert_eq!(back.event_name(), "Bestellung\u{e4}");
+        assert_eq!(back.aggregate_type(), "Ord\"er");
+        assert_eq!(back.aggregate_id(), "4\\2 \u{1f600}\n");
+        // Another writer's offset and escaped digits are read as the same instant.
+        let content = br#"{"sequence":1,"id":"0192f5d4-9a0b-7c3d-8e4f-a1b2c3d4e5f6","aggregate_type":"A","aggregate_id":"1","event_type":"E","version":1,"occurred_at":"2026-12-02T02:02:03.5\u0030+01:00","payload":{}}"#;
+        let back = decode(content).unwrap();
+        assert_eq!(
+            back.occurred_at().to_rfc3339(),
+            "2026-12-02T01:02:03.500+00:00"
+        );
+    }
+
+    #[test]
     fn refuses_what_it_did_not_write() {
         assert!(decode(b"not json").is_err());
         assert!(decode(br#"{"sequence":1}"#).is_err());
+        let envelope = Envelope::builder("A", "B", "c").build();
+        let good = encode(&envelope).unwrap();
+        let bad_time = good.replace(
+            &envelope
+                .occurred_at()
+                .to_rfc3339_opts(SecondsFormat::Micros, true),
+            "yesterday",
+        );
+        assert!(decode(bad_time.as_bytes()).is_err(), "{bad_time}");
+        let mut not_utf8 = good.into_bytes();
+        let at = not_utf8.len() - 3;
+        not_utf8[at] = 0xff;
+        assert!(decode(&not_utf8).is_err());
         let payload_not_json = Envelope::builder("A", "B", "c").payload("{oops").build();
         assert!(encode(&payload_not_json).is_err());
     }
