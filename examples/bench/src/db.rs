@@ -261,9 +261,9 @@ impl Publisher for Tap {
     }
 }
 
-/// A publisher that acknowledges every event at once and sends nothing: with
-/// `BENCH_LOG_PUBLISHER=discard`, the log relay's drain measures reading and decoding alone
-/// (a profiling knob; the report's figures always publish to Kafka).
+/// A publisher that acknowledges every event at once and sends nothing: the drain contender
+/// `log-unsent` (and any log relay contender with `BENCH_LOG_PUBLISHER=discard`, a profiling
+/// knob) measures the server's decoding and the relay's reading alone.
 pub(crate) struct Discard;
 
 #[async_trait]

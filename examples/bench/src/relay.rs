@@ -17,16 +17,16 @@ use sea_orm::sea_query::{Alias, Expr, Query};
 use sea_orm::{ConnectionTrait, TransactionTrait, Value};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Backend, BenchDb, Running, TOPIC, Tap, connect, env_knob, kafka, stmt};
+use crate::db::{Backend, BenchDb, LOG_SLOT, Running, TOPIC, Tap, connect, env_knob, kafka, stmt};
 use crate::model::OrderPlaced;
 use crate::report::{Report, Section, num};
-use crate::stats::{cpu_time, median, peak_rss_kib};
+use crate::stats::{cpu_time, median, peak_rss_kib, process_cpu_time};
 use crate::{BoxResult, Opts};
 
 /// Arguments of `bench relay-child`.
 #[derive(clap::Args, Debug, Clone)]
 pub(crate) struct ChildArgs {
-    /// raw, raw-headers, naive, ours, tuned, log-rows or log-messages.
+    /// raw, raw-headers, naive, ours, tuned, log-rows, log-messages or log-unsent.
     #[arg(long)]
     mode: String,
     /// The database holding the backlog.
@@ -49,6 +49,10 @@ struct ChildResult {
     secs: f64,
     cpu_secs: f64,
     peak_rss_kib: u64,
+    /// The log relays: CPU time of the walsender that streamed the slot to the child (the
+    /// server's decoding), when the database runs on this machine.
+    #[serde(default)]
+    server_cpu_secs: Option<f64>,
 }
 
 /// How the backlog of a contender is written.
@@ -70,7 +74,7 @@ struct Mode {
     backlog: Backlog,
 }
 
-const MODES: [Mode; 7] = [
+const MODES: [Mode; 8] = [
     Mode {
         name: "raw",
         label: "raw rdkafka producer (ceiling)",
@@ -104,6 +108,11 @@ const MODES: [Mode; 7] = [
     Mode {
         name: "log-messages",
         label: "log relay, logical decoding messages",
+        backlog: Backlog::Messages,
+    },
+    Mode {
+        name: "log-unsent",
+        label: "log relay, logical decoding messages, publisher that sends nothing",
         backlog: Backlog::Messages,
     },
 ];
@@ -239,6 +248,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
     // Room for the tuned relay's cycles, its LISTEN and the backlog watcher.
     let db = connect(&args.child_url, 8).await?;
     let backend = db.get_database_backend();
+    let mut server_cpu = None;
     let (events, secs, cpu) = match args.mode.as_str() {
         "raw" | "raw-headers" => {
             let columns = "aggregateid, payload, id, aggregatetype, type, sequence";
@@ -390,7 +400,11 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
             let left = pending_count(&db).await?;
             (before - left, secs, cpu)
         }
-        "log-rows" | "log-messages" => log_drain(&args).await?,
+        "log-rows" | "log-messages" | "log-unsent" => {
+            let (events, secs, cpu, walsender) = log_drain(&args, &db).await?;
+            server_cpu = walsender;
+            (events, secs, cpu)
+        }
         other => return Err(format!("unknown mode {other:?}").into()),
     };
     let result = ChildResult {
@@ -398,6 +412,7 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
         secs: secs.as_secs_f64(),
         cpu_secs: cpu.as_secs_f64(),
         peak_rss_kib: peak_rss_kib(),
+        server_cpu_secs: server_cpu.map(|d: Duration| d.as_secs_f64()),
     };
     println!("RESULT {}", serde_json::to_string(&result)?);
     Ok(())
@@ -405,12 +420,18 @@ pub(crate) async fn child(args: ChildArgs) -> BoxResult<()> {
 
 /// The log relay contenders: reads the slot (created and filled by the parent) until
 /// `args.limit` events are acknowledged; the time is taken at the last acknowledgement (the
-/// slot's confirmation follows within a status interval, not waited for).
-async fn log_drain(args: &ChildArgs) -> BoxResult<(u64, Duration, Duration)> {
+/// slot's confirmation follows within a status interval, not waited for). Also returns the CPU
+/// time of the walsender streaming the slot, read from `/proc` when the server runs here.
+async fn log_drain(
+    args: &ChildArgs,
+    db: &sea_orm::DatabaseConnection,
+) -> BoxResult<(u64, Duration, Duration, Option<Duration>)> {
     let acked = Arc::new(AtomicU64::new(0));
     let counter = Arc::clone(&acked);
     let publisher = Tap {
-        inner: if std::env::var("BENCH_LOG_PUBLISHER").as_deref() == Ok("discard") {
+        inner: if args.mode == "log-unsent"
+            || std::env::var("BENCH_LOG_PUBLISHER").as_deref() == Ok("discard")
+        {
             Box::new(crate::db::Discard)
         } else {
             Box::new(crate::db::publisher(&args.child_brokers).build()?)
@@ -439,13 +460,37 @@ async fn log_drain(args: &ChildArgs) -> BoxResult<(u64, Duration, Duration)> {
     });
     let target = args.limit as u64;
     let budget = Duration::from_secs_f64(args.budget_secs);
+    // The walsender's process id, once the relay has started streaming (one query per wait
+    // step until then; its CPU time from its start is read at the end).
+    let mut walsender: Option<String> = None;
     while acked.load(Ordering::Relaxed) < target && t0.elapsed() < budget && !running.is_finished()
     {
+        if walsender.is_none() {
+            walsender = walsender_pid(db).await?;
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let (secs, cpu) = (t0.elapsed(), cpu_time() - cpu0);
+    if walsender.is_none() {
+        walsender = walsender_pid(db).await?;
+    }
+    let server = walsender.and_then(|pid| process_cpu_time(&pid));
     running.stop().await?;
-    Ok((acked.load(Ordering::Relaxed), secs, cpu))
+    Ok((acked.load(Ordering::Relaxed), secs, cpu, server))
+}
+
+/// The process id of the walsender streaming the bench's slot, if one is.
+async fn walsender_pid(db: &sea_orm::DatabaseConnection) -> BoxResult<Option<String>> {
+    let row = db
+        .query_one_raw(stmt(
+            db.get_database_backend(),
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = ?",
+            vec![LOG_SLOT.into()],
+        ))
+        .await?;
+    Ok(row
+        .and_then(|r| r.try_get_by_index::<Option<i32>>(0).ok().flatten())
+        .map(|pid| pid.to_string()))
 }
 
 async fn spawn_child(
@@ -533,14 +578,16 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
                 return Err(format!("{label} delivered {} of {n} events", res.events).into());
             }
             eprintln!(
-                "relay {} run {}: {label}: {} events in {:.2} s ({:.0}/s), {:.2} CPU s, {} MiB peak",
+                "relay {} run {}: {label}: {} events in {:.2} s ({:.0}/s), {:.2} CPU s, {} MiB peak, \
+                 walsender {:?} CPU s",
                 bench.backend.name(),
                 r + 1,
                 res.events,
                 res.secs,
                 res.events as f64 / res.secs,
                 res.cpu_secs,
-                res.peak_rss_kib / 1024
+                res.peak_rss_kib / 1024,
+                res.server_cpu_secs
             );
             results[i].push(res);
         }
@@ -563,23 +610,38 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
     let mut rows = Vec::new();
     for (i, rs) in results.iter().enumerate() {
         if !measured(&MODES[i]) {
-            let mut row = vec![label(i), "n/a: PostgreSQL only".to_owned()];
-            row.resize(6, "n/a".to_owned());
+            let why = if sqlite && MODES[i].backlog != Backlog::Pending {
+                "n/a: PostgreSQL only"
+            } else {
+                "n/a: not selected (`BENCH_RELAY_ONLY`)"
+            };
+            let mut row = vec![label(i), why.to_owned()];
+            row.resize(7, "n/a".to_owned());
             rows.push(row);
             continue;
         }
+        let server: Vec<f64> = rs.iter().filter_map(|r| r.server_cpu_secs).collect();
         rows.push(vec![
             label(i),
             num(of(rs, |r| r.events as f64)),
             num(rates[i]),
             num(of(rs, |r| r.events as f64 / r.cpu_secs.max(1e-3))),
+            if server.len() == rs.len() && !server.is_empty() {
+                format!("{:.2}", median(&server))
+            } else {
+                "n/a".to_owned()
+            },
             format!("{:.2}", rates[i] / rates[0]),
             format!("{:.1}", of(rs, |r| r.peak_rss_kib as f64) / 1024.0),
         ]);
     }
     let name = bench.backend.name();
     let at = |mode: &str| MODES.iter().position(|m| m.name == mode).unwrap_or(0);
+    let raw_measured = measured(&MODES[0]);
     for (i, which) in [(at("ours"), "defaults"), (at("tuned"), "tuned")] {
+        if !(raw_measured && measured(&MODES[i]) && measured(&MODES[at("naive")])) {
+            continue;
+        }
         let vs_raw = rates[i] / rates[0];
         let vs_naive = rates[i] / rates[at("naive")];
         report.check(
@@ -596,7 +658,12 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         );
     }
     for (i, mode) in MODES.iter().enumerate() {
-        if mode.backlog == Backlog::Pending || !measured(mode) {
+        // The publisher that sends nothing shows the log's own pace: no target.
+        if mode.backlog == Backlog::Pending
+            || mode.name == "log-unsent"
+            || !measured(mode)
+            || !raw_measured
+        {
             continue;
         }
         let vs_raw = rates[i] / rates[0];
@@ -634,8 +701,11 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              (status captured, as `Capture::LogTable` writes them; nothing to mark), once \
              logical decoding messages (`pg_logical_emit_message`, as `Capture::Messages` \
              emits them; no rows); timed from its start (connection and replication start \
-             included) to the last acknowledgement; the server decodes the log meanwhile (its \
-             CPU is not counted). {} Peak RSS is the child's `VmHWM` (item 6).",
+             included) to the last acknowledgement; the server decodes the log meanwhile: its \
+             CPU is not in the child's, but the walsender's CPU time for the run is shown \
+             (read from `/proc`, n/a when the database runs elsewhere). The third log relay \
+             reads the messages with a publisher that acknowledges at once and sends nothing: \
+             the pace of the server's decoding and the relay's reading alone. {} Peak RSS is the child's `VmHWM` (item 6).",
             num((n / 10).max(1) as f64),
             num(naive_limit as f64),
             naive_budget,
@@ -650,6 +720,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             "events",
             "events/s",
             "events/CPU-s",
+            "walsender CPU-s",
             "vs raw",
             "peak RSS MiB",
         ],

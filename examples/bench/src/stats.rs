@@ -39,19 +39,20 @@ fn clock_ticks() -> f64 {
 
 /// User + system CPU time of this process so far (all threads, librdkafka's included).
 pub(crate) fn cpu_time() -> Duration {
+    process_cpu_time("self").unwrap_or_default()
+}
+
+/// User + system CPU time so far of the process `pid` (`"self"` for this one), `None` when its
+/// `/proc` entry cannot be read (it exited, or it runs on another machine).
+pub(crate) fn process_cpu_time(pid: &str) -> Option<Duration> {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     let ticks = *TICKS.get_or_init(clock_ticks);
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    Duration::from_secs_f64((get(11) + get(12)) / ticks)
+    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some(Duration::from_secs_f64((get(11)? + get(12)?) / ticks))
 }
 
 /// Peak resident set size of this process (`VmHWM`), in KiB.
