@@ -27,7 +27,7 @@ mod relay;
 /// unprefixed `malloc`). A relay allocates and frees per message on one thread and another
 /// (librdkafka frees a message and each of its 15 headers on its own threads), which glibc's
 /// allocator serves slowly: the log relay's drain on the mock cluster went from about 120,000
-/// to about 180,000 events/s with it (BENCHMARKS.md, "What limits the log relay's drain").
+/// to about 180,000 events/s with it (BENCHMARKS.md, the notes on where the log relay's drain goes).
 #[cfg(all(unix, not(target_env = "musl")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -32,6 +32,15 @@ struct Slots {
     free: Vec<usize>,
 }
 
+impl Slots {
+    /// Frees `slot` for the next batch; returns its tally.
+    fn release(&mut self, slot: usize) -> Option<Tally> {
+        let tally = self.tallies.get_mut(slot).and_then(Option::take);
+        self.free.push(slot);
+        tally
+    }
+}
+
 #[derive(Debug)]
 struct Tally {
     results: Vec<Option<Report>>,
@@ -97,8 +106,7 @@ impl Reports {
             *result = Some(report);
             tally.waiting -= 1;
             if tally.waiting == 0 && tally.abandoned {
-                slots.tallies[slot] = None;
-                slots.free.push(slot);
+                slots.release(slot);
                 None
             } else if tally.waiting <= tally.wake_at {
                 tally.waker.take()
@@ -181,9 +189,7 @@ impl Pending {
     pub(crate) async fn finish(mut self) -> Vec<Option<Report>> {
         self.wait_until(0).await;
         self.finished = true;
-        let mut slots = self.reports.lock();
-        let tally = slots.tallies.get_mut(self.slot).and_then(Option::take);
-        slots.free.push(self.slot);
+        let tally = self.reports.lock().release(self.slot);
         tally.map(|t| t.results).unwrap_or_default()
     }
 }
@@ -198,8 +204,7 @@ impl Drop for Pending {
             return;
         };
         if tally.waiting == 0 {
-            slots.tallies[self.slot] = None;
-            slots.free.push(self.slot);
+            slots.release(self.slot);
         } else {
             tally.abandoned = true;
             tally.waker = None;

@@ -18,7 +18,7 @@
 
 use std::borrow::Cow;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use outbox_core::{Envelope, EventMetadata};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -40,9 +40,7 @@ pub(crate) fn encode_rest(envelope: &Envelope) -> Result<String, serde_json::Err
         aggregate_id: envelope.aggregate_id(),
         event_type: envelope.event_name(),
         version: envelope.event_version(),
-        occurred_at: envelope
-            .occurred_at()
-            .to_rfc3339_opts(SecondsFormat::Micros, true),
+        occurred_at: outbox_core::wire::time(envelope.occurred_at()),
         topic: envelope.topic(),
         metadata: envelope.metadata(),
         payload,
@@ -124,7 +122,7 @@ struct Message<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::SubsecRound;
+    use chrono::{SecondsFormat, SubsecRound};
 
     #[test]
     fn round_trips_an_envelope() {
