@@ -5,7 +5,8 @@
 //! runs the in-process [`event_handler`]s after the commit, and a relay publishes them
 //! (`outbox-kafka`) at least once, in order per aggregate. This crate holds the parts that name no
 //! database and no broker: the event model, the [`Envelope`], the [`HandlerRegistry`], the
-//! [`Dispatcher`] and [`Publisher`] traits, the [`RetryPolicy`] and (feature `testing`) the `testing` helpers.
+//! [`Dispatcher`] and [`Publisher`] traits, the [`RetryPolicy`], the per-key run queues that
+//! broker consumers share ([`keyed`]) and (feature `testing`) the `testing` helpers.
 //!
 //! ```
 //! use outbox_core::{AggregateRoot, DomainEvent, DomainEvents, EventContext, HandlerError};
@@ -59,6 +60,7 @@ mod envelope;
 mod error;
 mod event;
 mod handler;
+pub mod keyed;
 mod publish;
 mod retry;
 #[cfg(feature = "testing")]

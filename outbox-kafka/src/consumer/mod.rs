@@ -523,7 +523,7 @@ impl KafkaConsumer {
                 .queued()
                 .div_ceil(self.concurrency)
                 .clamp(1, self.max_batch);
-            let Some(run) = queues.next_run(size) else {
+            let Some(run) = queues.next_run(size, KeyId::same_partition) else {
                 return;
             };
             let Some(first) = run.keys.first() else {
@@ -545,7 +545,7 @@ impl KafkaConsumer {
             };
             let several_keys = run.keys.len() > 1;
             let messages: Vec<OwnedMessage> = run
-                .messages
+                .items
                 .into_iter()
                 .filter(|q| q.generation == generation)
                 .map(|q| q.message)
@@ -610,9 +610,15 @@ impl KafkaConsumer {
                 queues.give_back(
                     done.back
                         .into_iter()
-                        .map(|message| Queued {
-                            message,
-                            generation,
+                        .map(|message| {
+                            let id = KeyId::of(&message);
+                            (
+                                id,
+                                Queued {
+                                    message,
+                                    generation,
+                                },
+                            )
                         })
                         .collect(),
                 );
@@ -631,7 +637,7 @@ impl KafkaConsumer {
                 .owned
                 .get(&(topic.clone(), partition))
                 .map(|o| o.generation);
-            let dropped = queues.purge(&topic, partition, keep);
+            let dropped = dispatch::purge(queues, &topic, partition, keep);
             if dropped > 0 {
                 tracing::debug!(group = %self.group(), %topic, partition, dropped,
                     "queued messages of a revoked partition dropped");

@@ -547,7 +547,7 @@ impl RabbitConsumer {
             // drop what is queued from it, and let its runs stop at their next retry wait.
             st.cancel.cancel();
             let generation = st.generation;
-            let dropped = st.queues.retain(|r| r.generation != generation);
+            let dropped = st.queues.retain(|_, r| r.generation != generation);
             st.stats.abandoned += dropped as u64;
             tracing::debug!(group = %self.group, dropped, "queued messages of the lost connection dropped");
             link::close_later(link.connection);
@@ -610,7 +610,7 @@ impl RabbitConsumer {
                 .queued()
                 .div_ceil(self.concurrency)
                 .clamp(1, self.max_batch);
-            let Some(run) = st.queues.next_run(size) else {
+            let Some(run) = st.queues.next_run(size, dispatch::joins) else {
                 return;
             };
             let several_keys = run.keys.len() > 1;
