@@ -35,12 +35,16 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::log_relay::{DEFAULT_SLOT, slot_status};
-
-/// The longest `status` waits for the slot's row, as the log relay does.
-const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+use crate::relay::{DeadLetterPolicy, held_back_join};
 use crate::sql::{execute, query, scalar};
 use crate::status::{DeliveryStatus, EventStatus};
 use crate::time::{from_micros, now_micros, to_micros};
+
+/// The longest `status` waits for the slot's row, as the log relay does.
+const SLOT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Aggregates one [`requeue`] statement takes (three parameters each).
+const REQUEUE_CHUNK: usize = 100;
 
 /// Why an admin call failed.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +163,8 @@ pub async fn status(db: &DatabaseConnection, slot: Option<&str>) -> Result<Statu
     let now = now_micros();
     let pending = EventStatus::Pending.value();
     let dead = EventStatus::Dead.value();
-    // The same hold-back as the relay's batch query (relay/cycle.rs), counted instead of read.
+    // The relay's hold-back under the default policy, counted instead of read.
+    let held_back = held_back_join(DeadLetterPolicy::Block, "");
     let sql = format!(
         "SELECT o.aggregatetype, o.topic, \
          COUNT(CASE WHEN o.status = {pending} THEN 1 END), \
@@ -167,11 +172,7 @@ pub async fn status(db: &DatabaseConnection, slot: Option<&str>) -> Result<Statu
            OR (blk.first_blocked IS NOT NULL AND o.sequence > blk.first_blocked)) THEN 1 END), \
          COUNT(CASE WHEN o.status = {dead} THEN 1 END), \
          MIN(CASE WHEN o.status = {pending} THEN o.created_at END) \
-         FROM outbox o \
-         LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
-           FROM outbox WHERE status = {dead} OR (status = {pending} AND next_attempt_at > ?) \
-           GROUP BY aggregatetype, aggregateid) blk \
-         ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
+         FROM outbox o {held_back} \
          WHERE o.status IN ({pending}, {dead}) \
          GROUP BY o.aggregatetype, o.topic"
     );
@@ -475,25 +476,27 @@ pub async fn requeue<C: ConnectionTrait>(
     let aggregates = query(db, &sql, values).await?;
     let now = now_micros();
     let mut done = Requeued::default();
-    for row in &aggregates {
-        let aggregate_type: String = row.try_get_by_index(0)?;
-        let aggregate_id: String = row.try_get_by_index(1)?;
-        let last: i64 = row.try_get_by_index(2)?;
-        let selected = count(row, 3)?;
-        let changed = execute(
-            db,
+    for chunk in aggregates.chunks(REQUEUE_CHUNK) {
+        let mut values = vec![
+            EventStatus::Pending.into(),
+            now.into(),
+            EventStatus::Dead.into(),
+        ];
+        let mut selected = 0;
+        for row in chunk {
+            let aggregate_type: String = row.try_get_by_index(0)?;
+            let aggregate_id: String = row.try_get_by_index(1)?;
+            let last: i64 = row.try_get_by_index(2)?;
+            selected += count(row, 3)?;
+            values.extend([aggregate_type.into(), aggregate_id.into(), last.into()]);
+        }
+        let each = vec!["(aggregatetype = ? AND aggregateid = ? AND sequence <= ?)"; chunk.len()];
+        let sql = format!(
             "UPDATE outbox SET status = ?, attempts = 0, next_attempt_at = ? \
-             WHERE aggregatetype = ? AND aggregateid = ? AND status = ? AND sequence <= ?",
-            vec![
-                EventStatus::Pending.into(),
-                now.into(),
-                aggregate_type.into(),
-                aggregate_id.into(),
-                EventStatus::Dead.into(),
-                last.into(),
-            ],
-        )
-        .await?;
+             WHERE status = ? AND ({})",
+            each.join(" OR ")
+        );
+        let changed = execute(db, &sql, values).await?;
         done.selected += selected.min(changed);
         done.taken_along += changed.saturating_sub(selected);
     }
@@ -703,6 +706,51 @@ mod tests {
                 .await
                 .expect("list")
                 .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn requeue_over_more_aggregates_than_one_statement_takes() {
+        let db = db().await;
+        let n = REQUEUE_CHUNK * 2 + 30;
+        for i in 0..n {
+            let aggregate = ("Order", format!("o{i}"));
+            for (sequence, event_type) in [(1, "A"), (2, "B"), (3, "A")] {
+                row(
+                    &db,
+                    (aggregate.0, &aggregate.1),
+                    sequence,
+                    event_type,
+                    EventStatus::Dead,
+                )
+                .await;
+            }
+        }
+        let done = requeue(&db, &DeadFilter::all().event_type("B"))
+            .await
+            .expect("requeue");
+        let n = n as u64;
+        assert_eq!(
+            done,
+            Requeued {
+                selected: n,
+                taken_along: n
+            }
+        );
+        let (p, d) = (EventStatus::Pending.value(), EventStatus::Dead.value());
+        for i in [0, REQUEUE_CHUNK, n as usize - 1] {
+            assert_eq!(
+                statuses(&db, &format!("o{i}")).await,
+                [(1, p), (2, p), (3, d)],
+                "aggregate o{i}"
+            );
+        }
+        assert_eq!(
+            list_dead(&db, &DeadFilter::all())
+                .await
+                .expect("list")
+                .len() as u64,
+            n
         );
     }
 

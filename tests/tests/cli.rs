@@ -211,6 +211,12 @@ async fn dead_events(t: TestDb) {
         "{out}"
     );
     assert_eq!(count(db, "outbox", "status = 2").await, 1);
+    // One requeue over two aggregates (one statement): o1 #1, i1 #1.
+    kill(db, &w[0], "Refund", "broker refused: unknown topic").await;
+    let out = ok(url, &["dead", "requeue", "--type", "Refund"]);
+    assert!(out.contains("requeued 2 dead events"), "{out}");
+    assert_eq!(count(db, "outbox", "status = 2").await, 0);
+    kill(db, &w[6], "Refund", "broker refused: unknown topic").await;
 
     // Drop without --yes refuses and says what it would drop.
     let refused = fails(url, &["dead", "drop", "--type", "Refund"], 2);

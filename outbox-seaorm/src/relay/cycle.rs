@@ -93,6 +93,30 @@ impl fmt::Debug for Row {
 /// dead ones, few in normal operation), joined to the pending rows; so the cost stays linear in
 /// the pending rows of the claimed shards, however many published rows an aggregate has.
 fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
+    let pending = EventStatus::Pending.value();
+    let (inner, outer) = match shards {
+        Some(n) => (
+            format!(" AND shard IN ({})", placeholders(n)),
+            format!(" AND o.shard IN ({})", placeholders(n)),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let columns = codec::select_list("o.");
+    let held_back = held_back_join(policy, &inner);
+    format!(
+        "SELECT o.position, {columns}, o.attempts FROM outbox o {held_back} \
+         WHERE o.status = {pending} AND o.next_attempt_at <= ?{outer} \
+         AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
+         ORDER BY o.shard, o.position LIMIT ?"
+    )
+}
+
+/// The join that holds aggregates back, for a query over `outbox o`: derived table `blk` gives
+/// per aggregate the first sequence that blocks (a pending event waiting for its retry, or
+/// under [`DeadLetterPolicy::Block`] a dead one); rows of `o` at or after it are held. Takes
+/// one parameter (now) and then those of `filter`, a condition on the blocking rows starting
+/// with ` AND `.
+pub(crate) fn held_back_join(policy: DeadLetterPolicy, filter: &str) -> String {
     // Literals, not parameters: the planner sees the status it filters on.
     let pending = EventStatus::Pending.value();
     let dead = EventStatus::Dead.value();
@@ -102,22 +126,10 @@ fn batch_sql(policy: DeadLetterPolicy, shards: Option<usize>) -> String {
             format!("(status = {dead} OR (status = {pending} AND next_attempt_at > ?))")
         }
     };
-    let (inner, outer) = match shards {
-        Some(n) => (
-            format!(" AND shard IN ({})", placeholders(n)),
-            format!(" AND o.shard IN ({})", placeholders(n)),
-        ),
-        None => (String::new(), String::new()),
-    };
-    let columns = codec::select_list("o.");
     format!(
-        "SELECT o.position, {columns}, o.attempts FROM outbox o \
-         LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
-           FROM outbox WHERE {blocking}{inner} GROUP BY aggregatetype, aggregateid) blk \
-         ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid \
-         WHERE o.status = {pending} AND o.next_attempt_at <= ?{outer} \
-         AND (blk.first_blocked IS NULL OR o.sequence < blk.first_blocked) \
-         ORDER BY o.shard, o.position LIMIT ?"
+        "LEFT JOIN (SELECT aggregatetype, aggregateid, MIN(sequence) AS first_blocked \
+           FROM outbox WHERE {blocking}{filter} GROUP BY aggregatetype, aggregateid) blk \
+         ON blk.aggregatetype = o.aggregatetype AND blk.aggregateid = o.aggregateid"
     )
 }
 

@@ -100,6 +100,7 @@ use tokio::sync::{Notify, watch};
 use tracing::Instrument;
 
 pub use admin::{dead_count, pending_count, requeue_dead};
+pub(crate) use cycle::held_back_join;
 
 /// What happens to the later events of an aggregate whose event is dead.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
