@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use outbox_core::{AggregateRoot, HandlerRegistry};
+use outbox_core::HandlerRegistry;
 use sea_orm::{DatabaseConnection, EntityTrait};
 use tokio::sync::watch;
 
@@ -680,47 +680,12 @@ async fn summarize(
             }
         ),
     ));
+    let payments = payment::Entity::find().all(p).await?;
+    let stock = inventory::Entity::find().all(i).await?;
     let audits = [
-        (
-            "order",
-            runtime::audit_versions(
-                o,
-                order::Model::AGGREGATE_TYPE,
-                orders
-                    .iter()
-                    .map(|m| (m.aggregate_id(), m.version))
-                    .collect(),
-            )
-            .await?,
-        ),
-        (
-            "payment",
-            runtime::audit_versions(
-                p,
-                payment::Model::AGGREGATE_TYPE,
-                payment::Entity::find()
-                    .all(p)
-                    .await?
-                    .iter()
-                    .map(|m| (m.aggregate_id(), m.version))
-                    .collect(),
-            )
-            .await?,
-        ),
-        (
-            "inventory",
-            runtime::audit_versions(
-                i,
-                inventory::Model::AGGREGATE_TYPE,
-                inventory::Entity::find()
-                    .all(i)
-                    .await?
-                    .iter()
-                    .map(|m| (m.aggregate_id(), m.version))
-                    .collect(),
-            )
-            .await?,
-        ),
+        ("order", runtime::audit_versions(o, &orders).await?),
+        ("payment", runtime::audit_versions(p, &payments).await?),
+        ("inventory", runtime::audit_versions(i, &stock).await?),
     ];
     for (name, audit) in &audits {
         checks.push(Check::new(

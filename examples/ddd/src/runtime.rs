@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use outbox_core::{HandlerRegistry, RetryPolicy};
+use outbox_core::{AggregateRoot, HandlerRegistry, RetryPolicy};
 use outbox_kafka::{KafkaConfig, KafkaConsumer, KafkaPublisher, provision_topics};
 use outbox_rabbitmq::{RabbitConsumer, RabbitPublisher};
 use outbox_seaorm::{DeliveryWorker, Outbox, Relay};
@@ -252,15 +252,17 @@ pub struct VersionAudit {
     pub broken: Vec<String>,
 }
 
-/// Checks every aggregate of `aggregate_type` against `db`'s outbox: its events' sequences are
-/// 1..n (no gap, no duplicate) and its stored version is n plus its saves without events
-/// (`versions`: each row's id as the outbox spells it, and its version). Events of an aggregate
-/// with no row break the rule too.
-pub async fn audit_versions(
+/// Checks every aggregate `models` holds (all stored rows of one aggregate type) against `db`'s
+/// outbox: its events' sequences are 1..n (no gap, no duplicate) and its stored version is n
+/// plus its saves without events. Events of an aggregate with no row break the rule too.
+pub async fn audit_versions<A: AggregateRoot>(
     db: &DatabaseConnection,
-    aggregate_type: &str,
-    versions: Vec<(String, i64)>,
+    models: &[A],
 ) -> Result<VersionAudit, sea_orm::DbErr> {
+    let aggregate_type = A::AGGREGATE_TYPE;
+    let versions = models
+        .iter()
+        .map(|m| (m.aggregate_id(), m.version().unwrap_or(0)));
     let backend = db.get_database_backend();
     // (count, min, max) of each aggregate's event sequences.
     let mut events: HashMap<String, (i64, i64, i64)> = HashMap::new();
@@ -297,7 +299,7 @@ pub async fn audit_versions(
         eventless.insert(row.try_get_by_index(0)?, row.try_get_by_index(1)?);
     }
     let mut audit = VersionAudit {
-        aggregates: versions.len(),
+        aggregates: models.len(),
         ..VersionAudit::default()
     };
     for (id, version) in versions {
