@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel, TransactionTrait, V
 use crate::db::{BenchDb, Running, stmt};
 use crate::model::{order, order_with, vorder, vorder_with};
 use crate::report::{Report, Section, ms, num};
-use crate::stats::{Latency, median};
+use crate::stats::{Latency, cpu_time, median};
 use crate::{BoxResult, Opts};
 
 const CLIENTS: usize = 8;
@@ -200,6 +200,8 @@ async fn prepare(
 struct Run {
     tps: f64,
     latency: Latency,
+    /// This process's CPU time per transaction during the timed part, in microseconds.
+    client_cpu_us: f64,
 }
 
 async fn one(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> {
@@ -241,6 +243,7 @@ async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run
     let outbox = crate::db::outbox(&bench.db, variant.capture());
     let per_client = total.div_ceil(CLIENTS);
     let work = prepare(bench, variant, per_client).await?;
+    let cpu0 = cpu_time();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for items in work {
@@ -276,9 +279,11 @@ async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run
         all.extend(t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
+    let client_cpu_us = (cpu_time() - cpu0).as_secs_f64() * 1e6 / all.len().max(1) as f64;
     Ok(Run {
         tps: all.len() as f64 / secs,
         latency: Latency::of(all),
+        client_cpu_us,
     })
 }
 
@@ -325,11 +330,12 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         for (i, v) in variants.iter().enumerate() {
             let run = one(bench, *v, total).await?;
             eprintln!(
-                "write {} run {}: {} {:.0} tx/s",
+                "write {} run {}: {} {:.0} tx/s, client CPU {:.0} us/tx",
                 bench.backend.name(),
                 r + 1,
                 v.label(),
-                run.tps
+                run.tps,
+                run.client_cpu_us
             );
             results[i].push(run);
         }
@@ -344,12 +350,14 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         let rs = &results[i];
         let p50 = median(&rs.iter().map(|r| r.latency.p50).collect::<Vec<_>>());
         let p99 = median(&rs.iter().map(|r| r.latency.p99).collect::<Vec<_>>());
+        let cpu = median(&rs.iter().map(|r| r.client_cpu_us).collect::<Vec<_>>());
         rows.push(vec![
             v.label(),
             num(tps[i]),
             format!("{:.2}", tps[i] / base),
             ms(p50),
             ms(p99),
+            format!("{cpu:.0}"),
         ]);
     }
     let name = bench.backend.name();
@@ -383,7 +391,10 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              its events are numbered from the version, with no `outbox_sequence` statement. \
              \"update\": the entity's row (and, unversioned, its `outbox_sequence` row) exists \
              before the timed save, which changes it and adds one event; versioned, that is an \
-             `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers.{}",
+             `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers. \
+             \"client CPU\": this process's CPU time (all its threads: the clients, SeaORM, \
+             sqlx, the `Outbox`'s tasks, and the log relay where one reads the slot) per \
+             transaction during the timed part; the database server's work is not in it.{}",
             if bench.backend == crate::db::Backend::Postgres {
                 "`save` is one autocommit statement (data-modifying CTEs): the entity write, \
                  the `outbox_sequence` bump (unversioned) and the outbox rows, one round trip \
@@ -408,7 +419,14 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
                 " The log relay's capture modes need PostgreSQL: not measured on SQLite."
             }
         ),
-        header: vec!["contender", "tx/s", "vs baseline", "p50 ms", "p99 ms"],
+        header: vec![
+            "contender",
+            "tx/s",
+            "vs baseline",
+            "p50 ms",
+            "p99 ms",
+            "client CPU us/tx",
+        ],
         rows,
     });
     Ok(())
