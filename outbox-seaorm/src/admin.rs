@@ -8,7 +8,7 @@
 //! **Order per aggregate.** [`requeue`] puts the selected dead events back to pending together
 //! with the earlier dead events of the same aggregates ("taken along"): a dead event that is
 //! requeued alone while an earlier one of its aggregate stays dead would, under
-//! [`DeadLetterPolicy::Skip`](crate::relay::DeadLetterPolicy::Skip), be published before it.
+//! [`DeadLetterPolicy::Skip`], be published before it.
 //! Requeued rows become due now; the relay reads pending rows in position order, so an
 //! aggregate's requeued events and the later events held back behind them go out in sequence.
 //! [`replay`] keeps the order the same way: it turns published rows back to pending, and the
@@ -73,7 +73,7 @@ pub struct GroupStatus {
     pub pending: u64,
     /// Pending events the relay will not publish yet: waiting for a retry, or behind an earlier
     /// event of their aggregate that waits for a retry or is dead (as under the default
-    /// [`DeadLetterPolicy::Block`](crate::relay::DeadLetterPolicy::Block)).
+    /// [`DeadLetterPolicy::Block`]).
     pub held: u64,
     /// Dead events.
     pub dead: u64,
