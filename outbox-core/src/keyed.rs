@@ -144,8 +144,10 @@ impl<K: Clone + Eq + Hash, T> KeyQueues<K, T> {
         while run.items.len() < max && i < self.ready.len() {
             let key = &self.ready[i];
             let joining = joins(&first, key)
-                && self.is_ready(key)
-                && self.queues.get(key).is_some_and(|q| !q.solo);
+                && self
+                    .queues
+                    .get(key)
+                    .is_some_and(|q| !q.running && !q.solo && !q.items.is_empty());
             if !joining {
                 i += 1;
                 continue;

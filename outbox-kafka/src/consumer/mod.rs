@@ -611,9 +611,8 @@ impl KafkaConsumer {
                     done.back
                         .into_iter()
                         .map(|message| {
-                            let id = KeyId::of(&message);
                             (
-                                id,
+                                KeyId::of(&message),
                                 Queued {
                                     message,
                                     generation,
