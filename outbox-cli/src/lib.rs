@@ -47,7 +47,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Publish the outbox to Kafka or RabbitMQ until SIGINT or SIGTERM.
-    Relay(relay::RelayArgs),
+    Relay(Box<relay::RelayArgs>),
     /// Pending, held and dead events, deliveries, inbox and log relay slot.
     Status(commands::StatusArgs),
     /// Inspect, requeue or drop dead events.
@@ -104,7 +104,7 @@ pub fn main_outbox() -> ExitCode {
     match cli.command {
         Command::Relay(args) => {
             init_tracing("info");
-            block_on(relay::run(args))
+            block_on(relay::run(*args))
         }
         command => {
             init_tracing("warn");
@@ -112,7 +112,7 @@ pub fn main_outbox() -> ExitCode {
                 use commands::{COMMAND_TIMEOUT, within};
                 let outcome = match command {
                     // Taken by the arm above.
-                    Command::Relay(args) => return relay::run(args).await,
+                    Command::Relay(args) => return relay::run(*args).await,
                     Command::Status(args) => within(COMMAND_TIMEOUT, commands::status(args)).await,
                     Command::Dead { command } => {
                         within(COMMAND_TIMEOUT, commands::dead(command)).await

@@ -5,7 +5,8 @@
 //! the write-ahead log through a logical replication slot instead ([`LogRelay`]): the database
 //! needs `wal_level=logical` and the user the `REPLICATION` attribute; the slot and the
 //! publication are created when missing, and a second instance on the same slot stands by
-//! until the first one's session ends. `--concurrency` is then the number of publishing lanes;
+//! until the first one's session ends. `--concurrency` is then the number of publishing lanes
+//! (default the log relay's, [`outbox_seaorm::log_relay::DEFAULT_LANES`]);
 //! `--delete-published` does not apply.
 //!
 //! Every flag also reads an `OUTBOX_*` environment variable. A bad configuration (including a
@@ -50,9 +51,10 @@ pub(crate) struct RelayArgs {
     #[arg(long, env = "OUTBOX_BATCH_SIZE", default_value_t = 500)]
     batch_size: usize,
     /// Relay cycles in flight at once, each on its own shards (PostgreSQL, MariaDB/MySQL; SQLite
-    /// runs one). Opens up to this many database connections, plus one.
-    #[arg(long, env = "OUTBOX_CONCURRENCY", default_value_t = 2)]
-    concurrency: usize,
+    /// runs one), default 2; opens up to this many database connections, plus one. With `--log`:
+    /// the publishing lanes, each taking its share of the aggregates, default the log relay's.
+    #[arg(long, env = "OUTBOX_CONCURRENCY")]
+    concurrency: Option<usize>,
     /// Delete each row once its event is published, instead of marking it for the cleanup.
     #[arg(long, env = "OUTBOX_DELETE_PUBLISHED")]
     delete_published: bool,
@@ -140,7 +142,7 @@ pub(crate) async fn run(args: RelayArgs) -> ExitCode {
         eprintln!("outbox-relay: --batch-size must be at least 1");
         return ExitCode::from(2);
     }
-    if !(1..=16).contains(&args.concurrency) {
+    if args.concurrency.is_some_and(|c| !(1..=16).contains(&c)) {
         eprintln!("outbox-relay: --concurrency must be between 1 and 16");
         return ExitCode::from(2);
     }
@@ -298,12 +300,14 @@ async fn run_table(
     } else {
         Completion::Mark
     };
-    let relay = Relay::builder(db, publisher)
+    let mut relay = Relay::builder(db, publisher)
         .batch_size(args.batch_size)
-        .concurrency(args.concurrency)
         .completion(completion)
-        .publish_timeout(Duration::from_secs(args.publish_timeout_secs))
-        .build();
+        .publish_timeout(Duration::from_secs(args.publish_timeout_secs));
+    if let Some(cycles) = args.concurrency {
+        relay = relay.concurrency(cycles);
+    }
+    let relay = relay.build();
     match relay.run_until(stop).await {
         Ok(stats) => Ok(Summary {
             published: stats.published(),
@@ -324,15 +328,18 @@ async fn run_log(
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, ExitCode> {
     let publication = args.publication.as_deref().unwrap_or(&args.slot);
-    let relay = LogRelay::builder(&args.database_url, publisher)
+    let mut relay = LogRelay::builder(&args.database_url, publisher)
         .slot(&args.slot)
         .publication(publication)
         .batch_size(args.batch_size)
-        .concurrency(args.concurrency)
         .publish_timeout(Duration::from_secs(args.publish_timeout_secs))
         .lag_warning(args.lag_warning_bytes)
-        .heartbeat(Duration::from_secs(args.heartbeat_secs))
-        .build();
+        .heartbeat(Duration::from_secs(args.heartbeat_secs));
+    // The table relay's default cycles are not the log relay's default lanes.
+    if let Some(lanes) = args.concurrency {
+        relay = relay.concurrency(lanes);
+    }
+    let relay = relay.build();
     match relay.run_until(stop).await {
         Ok(stats) => Ok(Summary {
             published: stats.published,

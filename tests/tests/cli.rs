@@ -422,7 +422,12 @@ async fn relay_to_rabbitmq(test: &str, log: bool) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if log {
-        command.args(["--log", "--slot", &slot]);
+        // Without `--concurrency` the log relay runs its own default lanes (not the table
+        // relay's default cycles), and says so when it starts reading.
+        command
+            .args(["--log", "--slot", &slot])
+            .env("RUST_LOG", "warn,outbox_seaorm::log_relay=info")
+            .env("NO_COLOR", "1");
     }
     let child = command.spawn().expect("spawn outbox relay");
     if log {
@@ -479,6 +484,14 @@ async fn relay_to_rabbitmq(test: &str, log: bool) {
         "{}",
         stdout(&output)
     );
+    if log {
+        let lanes = format!("lanes={}", outbox_seaorm::log_relay::DEFAULT_LANES);
+        assert!(
+            stderr(&output).contains(&lanes),
+            "expected {lanes} in: {}",
+            stderr(&output)
+        );
+    }
     assert_eq!(got.len(), 4, "messages read back");
     let r1_ids = [
         w[0].id.to_string(),

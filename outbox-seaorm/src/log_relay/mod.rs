@@ -85,6 +85,10 @@ pub const HEARTBEAT_PREFIX: &str = "outbox-heartbeat";
 /// The default slot and publication name.
 pub const DEFAULT_SLOT: &str = "outbox";
 
+/// The publishing lanes of a log relay unless [`LogRelayBuilder::concurrency`] sets another
+/// number.
+pub const DEFAULT_LANES: usize = 4;
+
 /// Why the log relay stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -79,7 +79,7 @@ impl LogRelay {
                 slot: DEFAULT_SLOT.to_owned(),
                 publication: DEFAULT_SLOT.to_owned(),
                 batch_size: 500,
-                concurrency: 4,
+                concurrency: super::DEFAULT_LANES,
                 max_buffered: 20_000,
                 retry: RetryPolicy::default(),
                 dead_letter_policy: DeadLetterPolicy::Block,
@@ -221,7 +221,7 @@ impl LogRelayBuilder {
     }
 
     /// Lanes publishing at once (at least 1), each taking the events of its share of the
-    /// aggregates. Default 4.
+    /// aggregates. Default [`DEFAULT_LANES`](super::DEFAULT_LANES).
     pub fn concurrency(mut self, lanes: usize) -> Self {
         self.config.concurrency = lanes.max(1);
         self

@@ -263,7 +263,12 @@ pub(super) async fn run(
         }
     }
     stats.sessions += 1;
-    tracing::info!(slot = %config.slot, "log relay: reading the slot");
+    tracing::info!(
+        slot = %config.slot,
+        lanes = config.concurrency,
+        batch_size = config.batch_size,
+        "log relay: reading the slot"
+    );
     let mut state = State {
         txns: VecDeque::new(),
         first_txn: 0,
