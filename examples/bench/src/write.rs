@@ -288,9 +288,11 @@ async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run
 }
 
 pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> BoxResult<()> {
-    // SQLite commits one writer at a time: a quarter of the transactions keeps its run short.
+    // PostgreSQL: runs of several seconds each, so that a checkpoint or a stall of the machine
+    // is a small part of any one of them. SQLite commits one writer at a time: fewer
+    // transactions keep its run short.
     let total = match bench.backend {
-        crate::db::Backend::Postgres => opts.scaled(8_000, 80),
+        crate::db::Backend::Postgres => opts.scaled(24_000, 80),
         crate::db::Backend::Sqlite => opts.scaled(2_000, 40),
     };
     let variants = [
