@@ -10,7 +10,7 @@ use outbox_seaorm::relay::Relay;
 use outbox_seaorm::{Capture, Outbox};
 use uuid::Uuid;
 
-use crate::db::{Backend, BenchDb, Running, Tap, kafka};
+use crate::db::{Backend, BenchDb, Running, kafka};
 use crate::model::{envelope, order_with};
 use crate::report::{Report, Section, ms, num};
 use crate::stats::{Latency, median};
@@ -40,13 +40,6 @@ impl Contender {
         }
     }
 
-    fn capture(self) -> Capture {
-        match self {
-            Contender::Publisher | Contender::Table => Capture::Table,
-            Contender::Log(capture) => capture,
-        }
-    }
-
     fn is_log(self) -> bool {
         matches!(self, Contender::Log(_))
     }
@@ -63,43 +56,28 @@ const CONTENDERS: [Contender; 4] = [
 /// handed to it and in `acks` when the batch's delivery reports are in (the moment a relay may
 /// mark or confirm it).
 struct Stamping {
-    tap: Tap,
+    inner: outbox_kafka::KafkaPublisher,
     handed: Stamps,
-}
-
-impl Stamping {
-    fn new(brokers: &str, handed: &Stamps, acks: &Stamps) -> BoxResult<Stamping> {
-        let acks = Arc::clone(acks);
-        let tap = Tap {
-            inner: Box::new(crate::db::publisher(brokers).build()?),
-            on_batch: Box::new(move |batch, results| {
-                let now = Instant::now();
-                let mut acks = acks.lock().unwrap_or_else(|p| p.into_inner());
-                for (e, r) in batch.iter().zip(results) {
-                    if r.is_ok() {
-                        acks.entry(e.id()).or_insert(now);
-                    }
-                }
-            }),
-        };
-        Ok(Stamping {
-            tap,
-            handed: Arc::clone(handed),
-        })
-    }
+    acks: Stamps,
 }
 
 #[async_trait::async_trait]
 impl Publisher for Stamping {
     async fn publish(&self, batch: &[Envelope]) -> Vec<Result<(), PublishError>> {
-        let now = Instant::now();
-        {
-            let mut handed = self.handed.lock().unwrap_or_else(|p| p.into_inner());
-            for e in batch {
-                handed.entry(e.id()).or_insert(now);
-            }
-        }
-        self.tap.publish(batch).await
+        stamp_all(&self.handed, batch.iter().map(Envelope::id));
+        let results = self.inner.publish(batch).await;
+        let acked = batch.iter().zip(&results).filter(|(_, r)| r.is_ok());
+        stamp_all(&self.acks, acked.map(|(e, _)| e.id()));
+        results
+    }
+}
+
+/// Stamps `ids` with the time now, keeping an earlier stamp (a retried event's first).
+fn stamp_all(stamps: &Stamps, ids: impl Iterator<Item = Uuid>) {
+    let now = Instant::now();
+    let mut stamps = stamps.lock().unwrap_or_else(|p| p.into_inner());
+    for id in ids {
+        stamps.entry(id).or_insert(now);
     }
 }
 
@@ -197,11 +175,11 @@ impl Writer {
                         let mut order = order_with(n, 1);
                         let id = order.events.as_slice()[0].id();
                         outbox.save(&mut order).await?;
-                        stamp(&commits, id);
+                        stamp_all(&commits, std::iter::once(id));
                     }
                     Writer::Publish(publisher) => {
                         let event = envelope(n);
-                        stamp(&commits, event.id());
+                        stamp_all(&commits, std::iter::once(event.id()));
                         if let Some(Err(e)) =
                             publisher.publish(std::slice::from_ref(&event)).await.pop()
                         {
@@ -216,13 +194,6 @@ impl Writer {
     }
 }
 
-fn stamp(stamps: &Stamps, id: Uuid) {
-    stamps
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, Instant::now());
-}
-
 async fn one(
     opts: &Opts,
     bench: &BenchDb,
@@ -235,14 +206,22 @@ async fn one(
     let acks: Stamps = Arc::default();
     let handed: Stamps = Arc::default();
     let commits: Stamps = Arc::default();
-    let publisher = Stamping::new(&brokers, &handed, &acks)?;
+    let publisher = Stamping {
+        inner: crate::db::publisher(&brokers).build()?,
+        handed: Arc::clone(&handed),
+        acks: Arc::clone(&acks),
+    };
     let (relay, writer) = if contender == Contender::Publisher {
         (None, Writer::Publish(Arc::new(publisher)))
     } else {
         let relay = start_relay(bench, contender, publisher).await?;
         // Let the relay start listening before the first commit.
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let outbox = crate::db::outbox(&bench.db, contender.capture());
+        let capture = match contender {
+            Contender::Log(capture) => capture,
+            _ => Capture::Table,
+        };
+        let outbox = crate::db::outbox(&bench.db, capture);
         (Some(relay), Writer::Save(outbox))
     };
     // Warm-up, not measured: the producer fetches metadata and its idempotent producer id, the
