@@ -55,6 +55,61 @@ pub(crate) fn process_cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64((get(11)? + get(12)?) / ticks))
 }
 
+/// User + system CPU time so far of every process named `postgres` on this machine (the
+/// PostgreSQL server: postmaster, backends, walsenders, background workers), with what their
+/// exited children used (so a backend that ended meanwhile still counts); `None` when `url`
+/// names another machine or no such process runs here.
+pub(crate) fn postgres_cpu_time(url: &str) -> Option<Duration> {
+    if !is_local(url) {
+        return None;
+    }
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(clock_ticks);
+    let mut total = 0.0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with("(postgres") {
+            continue;
+        }
+        // Fields after the `(comm)`: utime 14, stime 15, cutime 16, cstime 17.
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks_of = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+        if let (Some(u), Some(s), Some(cu), Some(cs)) =
+            (ticks_of(11), ticks_of(12), ticks_of(13), ticks_of(14))
+        {
+            total += u + s + cu + cs;
+            found = true;
+        }
+    }
+    found.then(|| Duration::from_secs_f64(total / ticks))
+}
+
+/// Whether database URL `url` names this machine (loopback, or a Unix socket: no host).
+fn is_local(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = host_port.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        host_port.split(':').next().unwrap_or_default()
+    };
+    matches!(host, "" | "localhost" | "127.0.0.1" | "::1")
+}
+
 /// Peak resident set size of this process (`VmHWM`), in KiB.
 pub(crate) fn peak_rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -121,5 +176,20 @@ mod tests {
         std::hint::black_box(x);
         assert!(cpu_time() >= before);
         assert!(peak_rss_kib() > 0);
+    }
+
+    #[test]
+    fn only_loopback_and_socket_urls_are_local() {
+        assert!(is_local("postgres://postgres@127.0.0.1:5432/test"));
+        assert!(is_local("postgres://u:p@localhost/test?sslmode=disable"));
+        assert!(is_local("postgres://u@[::1]:5432/db"));
+        assert!(is_local("postgres:///test?host=/var/run/postgresql"));
+        assert!(!is_local("postgres://postgres@db.example.com:5432/test"));
+        assert!(!is_local("postgres://u:p@10.0.0.7/test"));
+        assert_eq!(postgres_cpu_time("postgres://u@db.example.com/test"), None);
+        // The project's machines run PostgreSQL locally (CI's included).
+        if std::env::var_os("CI").is_some() {
+            assert!(postgres_cpu_time("postgres://postgres@127.0.0.1:5432/test").is_some());
+        }
     }
 }

@@ -10,7 +10,7 @@ use sea_orm::{ConnectionTrait, EntityTrait, IntoActiveModel, TransactionTrait, V
 use crate::db::{BenchDb, Running, stmt};
 use crate::model::{order, order_with, vorder, vorder_with};
 use crate::report::{Report, Section, ms, num};
-use crate::stats::{Latency, cpu_time, median};
+use crate::stats::{Latency, cpu_time, median, postgres_cpu_time};
 use crate::{BoxResult, Opts};
 
 const CLIENTS: usize = 8;
@@ -202,6 +202,9 @@ struct Run {
     latency: Latency,
     /// This process's CPU time per transaction during the timed part, in microseconds.
     client_cpu_us: f64,
+    /// The PostgreSQL server's CPU time per transaction during the timed part, in
+    /// microseconds, when it runs on this machine.
+    server_cpu_us: Option<f64>,
 }
 
 async fn one(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run> {
@@ -243,6 +246,11 @@ async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run
     let outbox = crate::db::outbox(&bench.db, variant.capture());
     let per_client = total.div_ceil(CLIENTS);
     let work = prepare(bench, variant, per_client).await?;
+    let server_cpu = || match bench.backend {
+        crate::db::Backend::Postgres => postgres_cpu_time(&bench.url),
+        crate::db::Backend::Sqlite => None,
+    };
+    let server0 = server_cpu();
     let cpu0 = cpu_time();
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -279,11 +287,16 @@ async fn timed(bench: &BenchDb, variant: Variant, total: usize) -> BoxResult<Run
         all.extend(t.await??);
     }
     let secs = start.elapsed().as_secs_f64();
-    let client_cpu_us = (cpu_time() - cpu0).as_secs_f64() * 1e6 / all.len().max(1) as f64;
+    let per_tx = |cpu: std::time::Duration| cpu.as_secs_f64() * 1e6 / all.len().max(1) as f64;
+    let client_cpu_us = per_tx(cpu_time() - cpu0);
+    let server_cpu_us = server0
+        .zip(server_cpu())
+        .map(|(before, after)| per_tx(after.saturating_sub(before)));
     Ok(Run {
         tps: all.len() as f64 / secs,
         latency: Latency::of(all),
         client_cpu_us,
+        server_cpu_us,
     })
 }
 
@@ -332,12 +345,14 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         for (i, v) in variants.iter().enumerate() {
             let run = one(bench, *v, total).await?;
             eprintln!(
-                "write {} run {}: {} {:.0} tx/s, client CPU {:.0} us/tx",
+                "write {} run {}: {} {:.0} tx/s, client CPU {:.0} us/tx, server CPU {} us/tx",
                 bench.backend.name(),
                 r + 1,
                 v.label(),
                 run.tps,
-                run.client_cpu_us
+                run.client_cpu_us,
+                run.server_cpu_us
+                    .map_or_else(|| "n/a".to_owned(), |us| format!("{us:.0}"))
             );
             results[i].push(run);
         }
@@ -353,6 +368,12 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
         let p50 = median(&rs.iter().map(|r| r.latency.p50).collect::<Vec<_>>());
         let p99 = median(&rs.iter().map(|r| r.latency.p99).collect::<Vec<_>>());
         let cpu = median(&rs.iter().map(|r| r.client_cpu_us).collect::<Vec<_>>());
+        let server: Vec<f64> = rs.iter().filter_map(|r| r.server_cpu_us).collect();
+        let server = if server.len() == rs.len() {
+            format!("{:.0}", median(&server))
+        } else {
+            "n/a".to_owned()
+        };
         rows.push(vec![
             v.label(),
             num(tps[i]),
@@ -360,6 +381,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             ms(p50),
             ms(p99),
             format!("{cpu:.0}"),
+            server,
         ]);
     }
     let name = bench.backend.name();
@@ -396,7 +418,11 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
              `UPDATE .. WHERE version = <loaded>` moving the version. No in-process handlers. \
              \"client CPU\": this process's CPU time (all its threads: the clients, SeaORM, \
              sqlx, the `Outbox`'s tasks, and the log relay where one reads the slot) per \
-             transaction during the timed part; the database server's work is not in it.{}",
+             transaction during the timed part; the database server's work is not in it. \
+             \"server CPU\": the CPU time per transaction of every `postgres` process on \
+             this machine over the same part (backends, walsenders, background workers; read \
+             from `/proc`; n/a for SQLite, which runs inside the client, and for a server \
+             elsewhere). On two cores shared by both, their sum is what a transaction costs.{}",
             if bench.backend == crate::db::Backend::Postgres {
                 "`save` is one autocommit statement (data-modifying CTEs): the entity write, \
                  the `outbox_sequence` bump (unversioned) and the outbox rows, one round trip \
@@ -428,6 +454,7 @@ pub(crate) async fn run(opts: &Opts, bench: &BenchDb, report: &mut Report) -> Bo
             "p50 ms",
             "p99 ms",
             "client CPU us/tx",
+            "server CPU us/tx",
         ],
         rows,
     });
