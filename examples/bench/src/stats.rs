@@ -42,17 +42,31 @@ pub(crate) fn cpu_time() -> Duration {
     process_cpu_time("self").unwrap_or_default()
 }
 
+/// Clock ticks per second of `/proc`'s CPU counters (asked once).
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(clock_ticks)
+}
+
+/// `/proc/<pid>/stat`: the process's command name and its CPU counters in clock ticks (utime,
+/// stime, and cutime, cstime: what its exited children used), `None` when it cannot be read.
+fn proc_stat(pid: &str) -> Option<(String, [f64; 4])> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let comm = head.split_once('(').map_or("", |(_, c)| c).to_owned();
+    // Fields after the `(comm)`: state is field 3, utime 14, stime 15, cutime 16, cstime 17.
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    Some((comm, [get(11)?, get(12)?, get(13)?, get(14)?]))
+}
+
 /// User + system CPU time so far of the process `pid` (`"self"` for this one), `None` when its
 /// `/proc` entry cannot be read (it exited, or it runs on another machine).
 pub(crate) fn process_cpu_time(pid: &str) -> Option<Duration> {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(clock_ticks);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let get = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-    Some(Duration::from_secs_f64((get(11)? + get(12)?) / ticks))
+    let (_, [user, system, ..]) = proc_stat(pid)?;
+    Some(Duration::from_secs_f64(
+        (user + system) / ticks_per_second(),
+    ))
 }
 
 /// User + system CPU time so far of every process named `postgres` on this machine (the
@@ -63,38 +77,25 @@ pub(crate) fn postgres_cpu_time(url: &str) -> Option<Duration> {
     if !is_local(url) {
         return None;
     }
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    let ticks = *TICKS.get_or_init(clock_ticks);
-    let mut total = 0.0;
-    let mut found = false;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        if !head.ends_with("(postgres") {
-            continue;
-        }
-        // Fields after the `(comm)`: utime 14, stime 15, cutime 16, cstime 17.
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks_of = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        if let (Some(u), Some(s), Some(cu), Some(cs)) =
-            (ticks_of(11), ticks_of(12), ticks_of(13), ticks_of(14))
-        {
-            total += u + s + cu + cs;
-            found = true;
-        }
+    let ticks: Vec<f64> = std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name();
+            let pid = name.to_str()?;
+            if !pid.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let (comm, counters) = proc_stat(pid)?;
+            (comm == "postgres").then(|| counters.iter().sum())
+        })
+        .collect();
+    if ticks.is_empty() {
+        return None;
     }
-    found.then(|| Duration::from_secs_f64(total / ticks))
+    Some(Duration::from_secs_f64(
+        ticks.iter().sum::<f64>() / ticks_per_second(),
+    ))
 }
 
 /// Whether database URL `url` names this machine (loopback, or a Unix socket: no host).
